@@ -1,0 +1,102 @@
+"""Classify cell crops with a model folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from smearflow.classifier.model_folder import ModelFolder, read_model_folder
+from smearflow.classifier.preprocessing import resize_batch
+from smearflow.errors import BadModelError
+from smearflow.types import Classification
+
+logger = logging.getLogger(__name__)
+
+
+def default_model_dir() -> Path:
+    """The model folder shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "default_model"
+
+
+class Classifier:
+    """A loaded model folder that labels batches of RGB crops.
+
+    Use :meth:`load`; the constructor takes an already built Keras model so
+    that tests and training can wrap a model they hold in memory.
+    """
+
+    def __init__(self, model, folder: ModelFolder):
+        self.model = model
+        self.folder = folder
+        self.classes = folder.classes
+        self.image_size = folder.image_size
+        self.version = folder.version
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Classifier":
+        """Load a model folder (the packaged default when ``path`` is None).
+
+        Raises
+        ------
+        BadModelError
+            When the folder is invalid, the network does not load, or its
+            output size differs from the number of classes.
+        """
+        import keras
+
+        folder = read_model_folder(default_model_dir() if path is None else path)
+        try:
+            model = keras.saving.load_model(folder.weights_path, compile=False)
+        except Exception as error:  # Keras raises many types for a bad file
+            raise BadModelError(f"{folder.weights_path}: cannot load the network ({error})") from None
+        n_outputs = int(model.output_shape[-1])
+        if n_outputs != len(folder.classes):
+            raise BadModelError(
+                f"{folder.path}: network has {n_outputs} outputs but classes.json lists {len(folder.classes)} classes"
+            )
+        logger.info("loaded classifier %s from %s", folder.version, folder.path)
+        return cls(model, folder)
+
+    def predict_proba(self, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities for crops.
+
+        Parameters
+        ----------
+        crops : ndarray of shape (n, M, N, 3), uint8
+            RGB crops of any square size; they are resized to the model's input.
+        batch_size : int
+            Crops per forward pass.
+
+        Returns
+        -------
+        probabilities : ndarray of shape (n, n_classes), float32
+        """
+        import keras
+
+        if crops.ndim != 4 or crops.shape[-1] != 3:
+            raise ValueError(f"crops must have shape (n, M, N, 3). Received: shape={crops.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        resized = resize_batch(crops, self.image_size)
+        # Calling the model on a batch is far faster than model.predict per call.
+        outputs = [
+            keras.ops.convert_to_numpy(self.model(resized[i : i + batch_size].astype(np.float32), training=False))
+            for i in range(0, len(resized), batch_size)
+        ]
+        return np.concatenate(outputs).astype(np.float32)
+
+    def classify(self, crops: np.ndarray, batch_size: int = 32) -> list[Classification]:
+        """Label each crop with its most probable class and that probability."""
+        probabilities = self.predict_proba(crops, batch_size=batch_size)
+        return [
+            Classification(
+                label=self.classes[int(np.argmax(p))],
+                confidence=float(np.max(p)),
+                probabilities=tuple(float(x) for x in p),
+            )
+            for p in probabilities
+        ]

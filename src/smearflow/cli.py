@@ -1,0 +1,313 @@
+"""The ``smearflow`` command line: a thin shell over the library.
+
+Heavy imports (Keras, OpenCV, SQLAlchemy) happen inside the commands, after
+argument parsing, so ``smearflow --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Blood-smear slide folders in, white-cell differential counts out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+DatabaseUrl = Annotated[
+    Optional[str],
+    typer.Option(
+        "--database-url",
+        envvar="SMEARFLOW_DATABASE_URL",
+        help="SQLAlchemy URL; default sqlite:///smearflow.db in the working directory.",
+        show_envvar=True,
+    ),
+]
+ModelDir = Annotated[
+    Optional[Path], typer.Option("--model", help="Classifier model folder (default: the packaged model).")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=_stderr(), show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _stdout():
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+@app.callback()
+def main_callback(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False):
+    _setup_logging(verbose)
+
+
+def _open_database(database_url: str | None):
+    """Engine and session factory for a migrated database."""
+    from smearflow.db.engine import make_engine, resolve_database_url, session_factory
+    from smearflow.db.migrate import upgrade_database
+
+    url = resolve_database_url(database_url)
+    upgrade_database(url)
+    engine = make_engine(url)
+    return engine, session_factory(engine)
+
+
+def slide_summary(result) -> dict:
+    """The JSON shape of one analysed slide."""
+    return {
+        "slide_id": result.info.slide_id,
+        "patient_id": result.info.patient_id,
+        "folder": result.info.folder,
+        "status": result.status,
+        "model_version": result.model_version,
+        "fields": [
+            {
+                "name": f.name,
+                "status": f.status,
+                "error": f.error,
+                "wbc": sum(f.wbc_counts.values()),
+                "rbc": f.rbc_count,
+                "platelets": f.platelet_count,
+            }
+            for f in result.fields
+        ],
+        "counts": result.counts,
+        "wbc_total": result.wbc_total,
+        "unclassified_wbc": result.unclassified_wbc,
+        "rbc_count": result.rbc_count,
+        "platelet_count": result.platelet_count,
+        "errors": list(result.errors),
+    }
+
+
+def differential_table(title: str, counts: dict[str, int], wbc_total: int, rbc: int, platelets: int):
+    """A rich table: count and % of white cells per class, then platelets and red cells."""
+    from rich.table import Table
+
+    from smearflow import WBC_CLASSES
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("class")
+    table.add_column("count", justify="right")
+    table.add_column("% of WBC", justify="right")
+    for label in [c for c in WBC_CLASSES if c != "platelet"] + sorted(set(counts) - set(WBC_CLASSES)):
+        n = counts.get(label, 0)
+        share = f"{100.0 * n / wbc_total:.1f}" if wbc_total else "-"
+        table.add_row(label, str(n), share)
+    table.add_section()
+    table.add_row("white cells", str(wbc_total), "100.0" if wbc_total else "-")
+    if counts.get("platelet"):
+        table.add_row("platelet-like WBC candidates", str(counts["platelet"]), "")
+    table.add_row("platelets", str(platelets), "")
+    table.add_row("red cells", str(rbc), "")
+    return table
+
+
+def _print_slide(console, summary: dict) -> None:
+    title = f"slide {summary['slide_id']}  patient {summary['patient_id'] or 'unknown'}  [{summary['status']}]"
+    console.print(
+        differential_table(
+            title, summary["counts"], summary["wbc_total"], summary["rbc_count"], summary["platelet_count"]
+        )
+    )
+    for error in summary["errors"]:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+
+
+def run_analysis(paths, analyzer, session_factory, show_progress: bool = True) -> list[dict]:
+    """Analyse and store each slide folder; returns the JSON summaries."""
+    from rich.progress import Progress
+
+    from smearflow.db.engine import session_scope
+    from smearflow.jobs import analyze_folder, store_result
+
+    summaries = []
+    with Progress(console=_stderr(), disable=not show_progress, transient=True) as progress:
+        task = progress.add_task("slides", total=len(paths))
+        for path in paths:
+            progress.update(task, description=f"slide {Path(path).name}")
+            result = analyze_folder(path, analyzer, on_field=lambda field: progress.refresh())
+            with session_scope(session_factory) as session:
+                store_result(session, result, analyzer.classifier)
+            summaries.append(slide_summary(result))
+            progress.advance(task)
+    return summaries
+
+
+@app.command()
+def analyze(
+    paths: Annotated[list[Path], typer.Argument(help="Slide folders (one folder per slide).")],
+    database_url: DatabaseUrl = None,
+    model: ModelDir = None,
+    segmenter: Annotated[str, typer.Option(help="classical or unet.")] = "classical",
+    segmentation_model: Annotated[
+        Optional[Path], typer.Option(help="U-Net model folder for --segmenter unet.")
+    ] = None,
+    rbc_diameter_px: Annotated[
+        Optional[float], typer.Option(help="Expected red-cell diameter in pixels (estimated when omitted).")
+    ] = None,
+    as_json: JsonFlag = False,
+):
+    """Analyse slide folders, store the results and print a differential per slide.
+
+    Exits with status 1 when any slide or field failed (the others are still analysed and stored).
+    """
+    from smearflow.config import PipelineConfig
+    from smearflow.jobs import Analyzer
+
+    analyzer = Analyzer.load(
+        model,
+        PipelineConfig(segmenter=segmenter),
+        segmentation_model_dir=segmentation_model,
+        rbc_diameter_px=rbc_diameter_px,
+    )
+    _, factory = _open_database(database_url)
+    summaries = run_analysis(paths, analyzer, factory, show_progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(summaries, indent=2))
+    else:
+        console = _stdout()
+        for summary in summaries:
+            _print_slide(console, summary)
+    if any(s["errors"] for s in summaries):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def counts(
+    patient: Annotated[Optional[str], typer.Option("--patient", help="Patient id.")] = None,
+    slide: Annotated[Optional[str], typer.Option("--slide", help="Slide id.")] = None,
+    database_url: DatabaseUrl = None,
+    as_json: JsonFlag = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per slide and class.")] = False,
+):
+    """Read stored differential counts back, per slide."""
+    from smearflow.db import repository
+    from smearflow.db.engine import session_scope
+
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv")
+    _, factory = _open_database(database_url)
+    with session_scope(factory) as session:
+        rows = repository.counts_for(session, patient_code=patient, slide_code=slide)
+    if not rows:
+        what = f"patient {patient}" if patient else f"slide {slide}" if slide else "the database"
+        _stderr().print(f"no slides found for {what}")
+        raise typer.Exit(code=1)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+    elif as_csv:
+        _write_counts_csv(rows)
+    else:
+        console = _stdout()
+        for row in rows:
+            _print_slide(
+                console,
+                {
+                    **row,
+                    "errors": [row["error"]] if row.get("error") else [],
+                },
+            )
+
+
+def _write_counts_csv(rows: list[dict]) -> None:
+    import csv
+
+    from smearflow import WBC_CLASSES
+
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["slide_id", "patient_id", "status", "collected_at", "model_version", "class", "count", "percent_of_wbc"])
+    for row in rows:
+        labels = list(WBC_CLASSES) + sorted(set(row["counts"]) - set(WBC_CLASSES))
+        for label in labels:
+            n = row["counts"].get(label, 0)
+            share = round(100.0 * n / row["wbc_total"], 2) if row["wbc_total"] and label != "platelet" else ""
+            writer.writerow([row["slide_id"], row["patient_id"], row["status"], row["collected_at"], row["model_version"], label, n, share])
+        writer.writerow([row["slide_id"], row["patient_id"], row["status"], row["collected_at"], row["model_version"], "platelets_segmented", row["platelet_count"], ""])
+        writer.writerow([row["slide_id"], row["patient_id"], row["status"], row["collected_at"], row["model_version"], "rbc_segmented", row["rbc_count"], ""])
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the sample slide folders.")] = Path(
+        "smearflow-demo"
+    ),
+    database_url: DatabaseUrl = None,
+    model: ModelDir = None,
+    as_json: JsonFlag = False,
+):
+    """Write a few synthetic sample slide folders and analyse them end to end."""
+    from smearflow.synthetic import write_demo_slides
+
+    slides = write_demo_slides(out)
+    _stderr().print(f"wrote {len(slides)} sample slide folders to {out}")
+    analyze(slides, database_url=database_url, model=model, as_json=as_json)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout).")] = Path(
+        "../shared/data/pbc"
+    ),
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")] = Path("runs/default-cnn"),
+    arch: Annotated[str, typer.Option("--arch", help="Architecture name from the registry.")] = "cnn",
+    image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed of split, weights and augmentation.")] = None,
+):
+    """Train a classifier and save it as a model folder usable by ``analyze --model``.
+
+    With no options this reproduces the packaged default model.
+    """
+    from rich.progress import Progress
+
+    from smearflow.training.train import TrainConfig, train_classifier
+
+    overrides = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed}
+    config = TrainConfig.from_dict(
+        {"architecture": arch} | {k: v for k, v in overrides.items() if v is not None}
+    )
+    with Progress(console=_stderr()) as progress:
+        task = progress.add_task(f"training {arch}", total=config.epochs)
+
+        def on_epoch_end(epoch, logs):
+            progress.update(task, completed=epoch + 1, description=f"training {arch} loss {logs.get('loss', 0):.3f}")
+
+        folder = train_classifier(data, out, config, on_epoch_end=on_epoch_end)
+    metrics = folder.metrics
+    _stdout().print(
+        f"saved {folder.path}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
+        f"on {metrics['test_images']} held-out images"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Class-folder datasets (the PBC layout), splits and streaming batches.
+
+A dataset is a folder with one sub-folder per class, each holding that
+class's images. Images stay on disk: batches are decoded, resized and
+augmented on the fly, so memory holds one batch of pixels at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smearflow.errors import BadDatasetError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """File paths with integer labels; ``classes[label]`` names a label."""
+
+    root: Path
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices) -> "ImageDataset":
+        indices = np.asarray(indices, dtype=int)
+        return ImageDataset(self.root, tuple(self.paths[i] for i in indices), self.labels[indices], self.classes)
+
+    def class_counts(self) -> dict[str, int]:
+        return {c: int(np.sum(self.labels == i)) for i, c in enumerate(self.classes)}
+
+
+def scan_class_folders(root: str | Path, classes: tuple[str, ...] | list[str] | None = None) -> ImageDataset:
+    """List a class-folder dataset.
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder with one sub-folder per class.
+    classes : sequence of str, optional
+        Expected class names in model order. When given, every one must be a
+        non-empty folder under ``root``; extra folders are ignored with a
+        warning. When None, every non-hidden sub-folder is a class, sorted.
+
+    Raises
+    ------
+    BadDatasetError
+        When ``root`` does not exist, has no class folders, a class folder
+        holds no image, or an expected class is missing.
+    """
+    from smearflow.imageio import is_image_file
+
+    root = Path(root)
+    if not root.is_dir():
+        raise BadDatasetError(f"{root}: dataset folder does not exist")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise BadDatasetError(f"{root}: no class folders found")
+    if classes is None:
+        classes = tuple(found)
+    else:
+        classes = tuple(classes)
+        missing = [c for c in classes if c not in found]
+        if missing:
+            raise BadDatasetError(f"{root}: the model's class(es) {missing} have no folder in the dataset")
+        extra = [c for c in found if c not in classes]
+        if extra:
+            logger.warning("%s: ignoring folder(s) %s that are not among the model's classes", root, extra)
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if is_image_file(p))
+        if not files:
+            raise BadDatasetError(f"{root / name}: class folder holds no image")
+        paths.extend(str(p) for p in files)
+        labels.extend([label] * len(files))
+    return ImageDataset(root, tuple(paths), np.asarray(labels, dtype=np.int64), classes)
+
+
+def stratified_holdout(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` of a stratified split with a fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1). Received: test_fraction={test_fraction}")
+    indices = np.arange(len(labels))
+    train, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(test)
+
+
+def load_resized(path: str, size_px: int) -> np.ndarray | None:
+    """Read one training image at ``size_px``; None (and a log line) when unreadable."""
+    from smearflow.classifier.preprocessing import resize_rgb
+    from smearflow.errors import BadImageError
+    from smearflow.imageio import read_rgb
+
+    try:
+        return resize_rgb(read_rgb(path), size_px)
+    except BadImageError as error:
+        logger.warning("skipping %s", error)
+        return None
+
+
+def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flip, rotation, small zoom/shift and colour jitter of one uint8 image."""
+    import cv2
+
+    size = image.shape[0]
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    angle = rng.uniform(0, 360)
+    scale = rng.uniform(0.9, 1.1)
+    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
+    matrix[:, 2] += rng.uniform(-0.06, 0.06, size=2) * size
+    image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), borderMode=cv2.BORDER_REFLECT_101)
+    gain = rng.uniform(0.9, 1.1, size=3) * rng.uniform(0.9, 1.1)
+    offset = rng.uniform(-12, 12, size=3)
+    return np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+
+
+def batches(
+    dataset: ImageDataset,
+    size_px: int,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int = 0,
+    num_classes: int | None = None,
+    cache: bool = False,
+):
+    """A Keras ``PyDataset`` over ``dataset`` (shuffled and augmented when training).
+
+    With ``cache`` the resized ``uint8`` images are kept after their first
+    decode (``len(dataset) * size_px**2 * 3`` bytes, about 150 MB for PBC at
+    64 px) so later epochs skip JPEG decoding; augmentation still runs fresh.
+    """
+    import keras
+
+    decoded: dict[int, np.ndarray | None] = {}
+
+    def load(i: int) -> np.ndarray | None:
+        if i in decoded:
+            return decoded[i]
+        image = load_resized(dataset.paths[i], size_px)
+        if cache:
+            decoded[i] = image
+        return image
+
+    class _ClassFolderBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=2, use_multiprocessing=False)
+            self.rng = np.random.default_rng(seed)
+            self.order = np.arange(len(dataset))
+            if training:
+                self.rng.shuffle(self.order)
+            self.n_skipped = 0
+
+        def __len__(self):
+            return int(np.ceil(len(dataset) / batch_size))
+
+        def __getitem__(self, index):
+            chosen = self.order[index * batch_size : (index + 1) * batch_size]
+            images, labels = [], []
+            # One generator per batch: deterministic for a seed even with worker threads.
+            rng = np.random.default_rng([seed, index, self.epoch]) if training else None
+            for i in chosen:
+                image = load(i)
+                if image is None:
+                    self.n_skipped += 1
+                    continue
+                images.append(augment(image, rng) if training else image)
+                labels.append(dataset.labels[i])
+            x = np.stack(images).astype(np.float32)
+            y = np.asarray(labels)
+            if num_classes is not None:
+                y = np.eye(num_classes, dtype=np.float32)[y]
+            return x, y
+
+        epoch = 0
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            if training:
+                self.rng.shuffle(self.order)
+
+    return _ClassFolderBatches()

@@ -1,0 +1,98 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from smearflow import WBC_CLASSES
+from smearflow.classifier.classifier import Classifier
+from smearflow.classifier.model_folder import read_model_folder
+from smearflow.classifier.preprocessing import resize_batch, resize_rgb
+from smearflow.errors import BadModelError
+
+
+def test_model_folder_round_trip_gives_identical_predictions(tiny_model_dir):
+    import keras
+
+    classifier = Classifier.load(tiny_model_dir)
+    crops = np.random.default_rng(0).integers(0, 256, size=(5, 224, 224, 3), dtype=np.uint8)
+    probabilities = classifier.predict_proba(crops, batch_size=2)
+    assert probabilities.shape == (5, 8)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    reloaded = keras.saving.load_model(tiny_model_dir / "model.keras")
+    direct = keras.ops.convert_to_numpy(reloaded(resize_batch(crops, 32).astype("float32"), training=False))
+    np.testing.assert_allclose(probabilities, direct, rtol=1e-5, atol=1e-6)
+    labels = classifier.classify(crops)
+    assert [c.label for c in labels] == [WBC_CLASSES[i] for i in probabilities.argmax(axis=1)]
+    assert classifier.version.startswith("cnn-") and len(classifier.version) == 14
+
+
+def test_empty_batch(tiny_model_dir):
+    assert Classifier.load(tiny_model_dir).predict_proba(np.zeros((0, 224, 224, 3), np.uint8)).shape == (0, 8)
+
+
+def test_bad_crop_batches_are_rejected(tiny_model_dir):
+    classifier = Classifier.load(tiny_model_dir)
+    with pytest.raises(ValueError, match="crops must have shape"):
+        classifier.predict_proba(np.zeros((224, 224, 3), np.uint8))
+    with pytest.raises(ValueError, match="batch_size"):
+        classifier.predict_proba(np.zeros((1, 224, 224, 3), np.uint8), batch_size=0)
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    return shutil.copytree(tiny_model_dir, tmp_path / "model")
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(BadModelError, match="does not exist"):
+        read_model_folder(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", ["model.keras", "config.json", "classes.json", "metrics.json"])
+def test_missing_file(model_copy, name):
+    (model_copy / name).unlink()
+    with pytest.raises(BadModelError, match=f"missing {name}"):
+        read_model_folder(model_copy)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("config.json", "{oops", "not valid JSON"),
+        ("config.json", "[]", "expected a JSON object"),
+        ("config.json", '{"architecture": "cnn"}', "missing key"),
+        ("classes.json", "[]", "non-empty list"),
+        ("classes.json", '["a", "a"]', "duplicate class"),
+        ("metrics.json", "3", "expected a JSON object"),
+    ],
+)
+def test_invalid_json_files(model_copy, name, content, message):
+    (model_copy / name).write_text(content)
+    with pytest.raises(BadModelError, match=message) as info:
+        read_model_folder(model_copy)
+    assert name in str(info.value)
+
+
+def test_class_count_must_match_network_outputs(model_copy):
+    (model_copy / "classes.json").write_text(json.dumps(["a", "b"]))
+    with pytest.raises(BadModelError, match="8 outputs but classes.json lists 2"):
+        Classifier.load(model_copy)
+
+
+def test_corrupt_weights(model_copy):
+    (model_copy / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(BadModelError, match="cannot load the network"):
+        Classifier.load(model_copy)
+
+
+def test_resize_rgb_validates_and_keeps_dtype():
+    image = np.zeros((50, 40, 3), np.uint8)
+    assert resize_rgb(image, 20).shape == (20, 20, 3)
+    assert resize_rgb(image, 80).dtype == np.uint8
+    with pytest.raises(ValueError, match="shape"):
+        resize_rgb(np.zeros((5, 5), np.uint8), 4)
+    with pytest.raises(ValueError, match="size_px"):
+        resize_rgb(image, 0)
+    with pytest.raises(ValueError, match=r"\(n, M, N, 3\)"):
+        resize_batch(image, 4)

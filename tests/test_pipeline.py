@@ -1,0 +1,119 @@
+"""The pipeline with a stand-in segmenter and classifier: counting rules only."""
+
+import numpy as np
+import pytest
+
+from smearflow.config import PipelineConfig
+from smearflow.errors import BadImageError
+from smearflow.pipeline import analyze_slide, cells_to_classify
+from smearflow.segmentation import Segmentation
+from smearflow.types import Cell, Classification, SlideInfo
+
+
+def _cell(kind, row, col, radius=10, counted=True, visible=1.0):
+    size = 2 * radius
+    return Cell(
+        kind=kind,
+        bbox=(row - radius, col - radius, row + radius, col + radius),
+        centroid=(float(row), float(col)),
+        area_px=size * size,
+        mask=np.ones((size, size), bool),
+        counted=counted,
+        visible_fraction=visible,
+    )
+
+
+class PlantedSegmenter:
+    """Returns the same planted cells for every field."""
+
+    def __init__(self, cells):
+        self.cells = tuple(cells)
+
+    def segment(self, image):
+        return Segmentation(cells=self.cells, rbc_diameter_px=20.0, image_shape=image.shape[:2])
+
+
+class ColumnClassifier:
+    """Labels a crop by where it came from: the label list is consumed in order."""
+
+    version = "fake-1"
+
+    def __init__(self, labels):
+        self.labels = list(labels)
+        self.seen_shapes = []
+
+    def classify(self, crops, batch_size=32):
+        self.seen_shapes.append(crops.shape)
+        return [Classification(self.labels.pop(0), 0.9) for _ in range(len(crops))]
+
+
+def _info(n_fields=1):
+    return SlideInfo("S", "P", None, None, "/slides/S", tuple(f"/slides/S/f{i}.png" for i in range(n_fields)))
+
+
+def _reader(bad=()):
+    def read(path):
+        if path in bad:
+            raise BadImageError(f"{path}: unreadable or truncated image")
+        return np.full((100, 120, 3), 200, np.uint8)
+
+    return read
+
+
+def test_counts_follow_classes_and_border_rule():
+    cells = [
+        _cell("wbc", 50, 50),
+        _cell("wbc", 30, 90),
+        _cell("wbc", 0, 5, counted=True, visible=0.3),  # counted by the border rule, too cut off to classify
+        _cell("wbc", 99, 60, counted=False, visible=0.5),  # not counted at all
+        _cell("rbc", 20, 20),
+        _cell("rbc", 70, 100),
+        _cell("rbc", 99, 100, counted=False),
+        _cell("platelet", 80, 20, radius=3),
+    ]
+    classifier = ColumnClassifier(["neutrophil", "lymphocyte", "platelet"])
+    result = analyze_slide(_info(), PlantedSegmenter(cells), classifier, PipelineConfig(), read_image=_reader())
+    assert result.status == "done" and result.errors == ()
+    assert result.counts == {"lymphocyte": 1, "neutrophil": 1}
+    assert result.wbc_total == 2
+    assert result.unclassified_wbc == 1
+    assert result.rbc_count == 2
+    assert result.platelet_count == 1
+    assert result.model_version == "fake-1"
+    assert classifier.seen_shapes == [(3, 224, 224, 3)]
+
+
+def test_platelets_are_not_classified_when_switched_off():
+    cells = [_cell("wbc", 50, 50), _cell("platelet", 80, 20, radius=3)]
+    config = PipelineConfig(classify_platelets=False)
+    assert cells_to_classify(cells, config) == [0]
+
+
+def test_a_bad_field_fails_alone_and_is_reported():
+    info = _info(n_fields=2)
+    classifier = ColumnClassifier(["monocyte"])
+    result = analyze_slide(
+        info, PlantedSegmenter([_cell("wbc", 50, 50)]), classifier, read_image=_reader(bad={info.field_paths[0]})
+    )
+    assert result.status == "done"
+    assert [f.status for f in result.fields] == ["failed", "done"]
+    assert result.counts == {"monocyte": 1}
+    assert len(result.errors) == 1 and "f0.png" in result.errors[0]
+
+
+def test_a_slide_whose_fields_all_fail_is_failed():
+    info = _info(n_fields=2)
+    result = analyze_slide(
+        info, PlantedSegmenter([]), ColumnClassifier([]), read_image=_reader(bad=set(info.field_paths))
+    )
+    assert result.status == "failed"
+    assert len(result.errors) == 2 and result.counts == {}
+
+
+@pytest.mark.parametrize("n_fields", [1, 3])
+def test_on_field_is_called_once_per_field(n_fields):
+    seen = []
+    analyze_slide(
+        _info(n_fields), PlantedSegmenter([]), ColumnClassifier([]), read_image=_reader(), on_field=seen.append
+    )
+    assert len(seen) == n_fields
