@@ -42,18 +42,18 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=_stderr(), show_path=False, show_time=False)],
+        handlers=[RichHandler(console=stderr_console(), show_path=False, show_time=False)],
         force=True,
     )
 
 
-def _stderr():
+def stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
 
 
-def _stdout():
+def stdout_console():
     from rich.console import Console
 
     return Console(soft_wrap=True)
@@ -145,7 +145,7 @@ def run_analysis(paths, analyzer, session_factory, show_progress: bool = True) -
     from smearflow.jobs import analyze_folder, store_result
 
     summaries = []
-    with Progress(console=_stderr(), disable=not show_progress, transient=True) as progress:
+    with Progress(console=stderr_console(), disable=not show_progress, transient=True) as progress:
         task = progress.add_task("slides", total=len(paths))
         for path in paths:
             progress.update(task, description=f"slide {Path(path).name}")
@@ -189,7 +189,7 @@ def analyze(
     if as_json:
         typer.echo(json.dumps(summaries, indent=2))
     else:
-        console = _stdout()
+        console = stdout_console()
         for summary in summaries:
             _print_slide(console, summary)
     if any(s["errors"] for s in summaries):
@@ -215,14 +215,14 @@ def counts(
         rows = repository.counts_for(session, patient_code=patient, slide_code=slide)
     if not rows:
         what = f"patient {patient}" if patient else f"slide {slide}" if slide else "the database"
-        _stderr().print(f"no slides found for {what}")
+        stderr_console().print(f"no slides found for {what}")
         raise typer.Exit(code=1)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     elif as_csv:
         _write_counts_csv(rows)
     else:
-        console = _stdout()
+        console = stdout_console()
         for row in rows:
             _print_slide(
                 console,
@@ -263,46 +263,18 @@ def demo(
     from smearflow.synthetic import write_demo_slides
 
     slides = write_demo_slides(out)
-    _stderr().print(f"wrote {len(slides)} sample slide folders to {out}")
+    stderr_console().print(f"wrote {len(slides)} sample slide folders to {out}")
     analyze(slides, database_url=database_url, model=model, as_json=as_json)
 
 
-@app.command()
-def train(
-    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout).")] = Path(
-        "../shared/data/pbc"
-    ),
-    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")] = Path("runs/default-cnn"),
-    arch: Annotated[str, typer.Option("--arch", help="Architecture name from the registry.")] = "cnn",
-    image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed of split, weights and augmentation.")] = None,
-):
-    """Train a classifier and save it as a model folder usable by ``analyze --model``.
+def _register_command_modules() -> None:
+    from smearflow.commands import deployment, segmentation, training
 
-    With no options this reproduces the packaged default model.
-    """
-    from rich.progress import Progress
+    for module in (training, segmentation, deployment):
+        module.register(app)
 
-    from smearflow.training.train import TrainConfig, train_classifier
 
-    overrides = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed}
-    config = TrainConfig.from_dict(
-        {"architecture": arch} | {k: v for k, v in overrides.items() if v is not None}
-    )
-    with Progress(console=_stderr()) as progress:
-        task = progress.add_task(f"training {arch}", total=config.epochs)
-
-        def on_epoch_end(epoch, logs):
-            progress.update(task, completed=epoch + 1, description=f"training {arch} loss {logs.get('loss', 0):.3f}")
-
-        folder = train_classifier(data, out, config, on_epoch_end=on_epoch_end)
-    metrics = folder.metrics
-    _stdout().print(
-        f"saved {folder.path}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-        f"on {metrics['test_images']} held-out images"
-    )
+_register_command_modules()
 
 
 def main() -> None:

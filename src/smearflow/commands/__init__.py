@@ -1,0 +1,1 @@
+"""Groups of ``smearflow`` sub-commands; each module has ``register(app)``."""

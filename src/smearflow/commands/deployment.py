@@ -1,0 +1,9 @@
+"""Deployment commands: worker, beat, watch, enqueue, status, models, db."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``smearflow`` app."""

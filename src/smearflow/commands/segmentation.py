@@ -1,0 +1,9 @@
+"""Segmentation commands: ``evaluate-segmentation``, ``train-segmentation``."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``smearflow`` app."""
