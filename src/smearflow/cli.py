@@ -14,6 +14,19 @@ from typing import Annotated, Optional
 
 import typer
 
+from smearflow.commands.common import (
+    DatabaseUrl,
+    JsonFlag,
+    ModelDir,
+    fail,
+    open_database,
+    setup_logging,
+    stderr_console,
+    stdout_console,
+)
+
+_open_database = open_database  # older name, kept for command modules written against it
+
 app = typer.Typer(
     help="Blood-smear slide folders in, white-cell differential counts out.",
     no_args_is_help=True,
@@ -21,58 +34,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DatabaseUrl = Annotated[
-    Optional[str],
-    typer.Option(
-        "--database-url",
-        envvar="SMEARFLOW_DATABASE_URL",
-        help="SQLAlchemy URL; default sqlite:///smearflow.db in the working directory.",
-        show_envvar=True,
-    ),
-]
-ModelDir = Annotated[
-    Optional[Path], typer.Option("--model", help="Classifier model folder (default: the packaged model).")
-]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=stderr_console(), show_path=False, show_time=False)],
-        force=True,
-    )
-
-
-def stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def stdout_console():
-    from rich.console import Console
-
-    return Console(soft_wrap=True)
-
-
 @app.callback()
 def main_callback(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False):
-    _setup_logging(verbose)
-
-
-def _open_database(database_url: str | None):
-    """Engine and session factory for a migrated database."""
-    from smearflow.db.engine import make_engine, resolve_database_url, session_factory
-    from smearflow.db.migrate import upgrade_database
-
-    url = resolve_database_url(database_url)
-    upgrade_database(url)
-    engine = make_engine(url)
-    return engine, session_factory(engine)
+    setup_logging(verbose)
 
 
 def slide_summary(result) -> dict:
@@ -178,13 +142,18 @@ def analyze(
     from smearflow.config import PipelineConfig
     from smearflow.jobs import Analyzer
 
-    analyzer = Analyzer.load(
-        model,
-        PipelineConfig(segmenter=segmenter),
-        segmentation_model_dir=segmentation_model,
-        rbc_diameter_px=rbc_diameter_px,
-    )
-    _, factory = _open_database(database_url)
+    from smearflow.errors import PermanentError
+
+    try:
+        analyzer = Analyzer.load(
+            model,
+            PipelineConfig(segmenter=segmenter),
+            segmentation_model_dir=segmentation_model,
+            rbc_diameter_px=rbc_diameter_px,
+        )
+    except (PermanentError, ValueError) as error:
+        raise fail(str(error)) from None
+    _, factory = open_database(database_url)
     summaries = run_analysis(paths, analyzer, factory, show_progress=not as_json)
     if as_json:
         typer.echo(json.dumps(summaries, indent=2))
@@ -210,7 +179,7 @@ def counts(
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
-    _, factory = _open_database(database_url)
+    _, factory = open_database(database_url)
     with session_scope(factory) as session:
         rows = repository.counts_for(session, patient_code=patient, slide_code=slide)
     if not rows:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from smearflow.cli import stderr_console, stdout_console
+from smearflow.commands.common import stderr_console, stdout_console
 
 
 def register(app: typer.Typer) -> None:

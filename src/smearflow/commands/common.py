@@ -1,0 +1,65 @@
+"""Options and helpers shared by every ``smearflow`` command module."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DatabaseUrl = Annotated[
+    Optional[str],
+    typer.Option(
+        "--database-url",
+        envvar="SMEARFLOW_DATABASE_URL",
+        help="SQLAlchemy URL; default sqlite:///smearflow.db in the working directory.",
+        show_envvar=True,
+    ),
+]
+ModelDir = Annotated[
+    Optional[Path], typer.Option("--model", help="Classifier model folder (default: the packaged model).")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr_console(), show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def stdout_console():
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print an error for the user and return the ``Exit`` to raise."""
+    stderr_console().print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code=code)
+
+
+def open_database(database_url: str | None):
+    """Engine and session factory for a migrated database."""
+    from smearflow.db.engine import make_engine, resolve_database_url, session_factory
+    from smearflow.db.migrate import upgrade_database
+
+    url = resolve_database_url(database_url)
+    upgrade_database(url)
+    engine = make_engine(url)
+    return engine, session_factory(engine)
+
+
