@@ -44,11 +44,12 @@ class CropConfig(SerialisableConfig):
 
     The crop side is a multiple of the expected red-cell diameter so that the
     cropped cell fills the frame as the single-cell training images do (PBC
-    images are about 4.5 red-cell diameters wide), whatever the magnification.
+    images are about 5 red-cell diameters wide: 360 px with red cells of
+    ~70 px), whatever the magnification.
     """
 
     crop_size_px: int = 224
-    crop_side_rbc_diameters: float = 4.5
+    crop_side_rbc_diameters: float = 5.0
 
     def __post_init__(self):
         if self.crop_size_px < 8:
