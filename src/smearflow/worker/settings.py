@@ -1,0 +1,313 @@
+"""Worker, watcher and schedule settings, read from the environment.
+
+Every process of a deployment (workers, beat, watcher, Flower, the CLI) reads
+the same ``SMEARFLOW_*`` variables, so one ``.env`` file configures a whole
+lab. :meth:`WorkerSettings.from_env` is the only place that reads them.
+
+Variables (default in brackets):
+
+``SMEARFLOW_BROKER_URL``
+    Celery broker [redis://127.0.0.1:6379/0]
+``SMEARFLOW_RESULT_BACKEND``
+    Celery result backend [the broker URL]
+``SMEARFLOW_DATABASE_URL``
+    SQLAlchemy URL of the results database [sqlite:///smearflow.db]
+``SMEARFLOW_QUEUE_PREFIX``
+    prefix of both queue names [empty]
+``SMEARFLOW_SLIDES_QUEUE``
+    queue of slide analyses (GPU workers) [<prefix>slides]
+``SMEARFLOW_TRAINING_QUEUE``
+    queue of retraining and benchmarks [<prefix>training]
+``SMEARFLOW_MODEL_DIR``
+    classifier folder; overrides the active model version [unset: the active version, else the packaged model]
+``SMEARFLOW_SEGMENTER``
+    classical or unet [classical]
+``SMEARFLOW_SEGMENTATION_MODEL_DIR``
+    U-Net folder of the unet segmenter [unset]
+``SMEARFLOW_RBC_DIAMETER_PX``
+    expected red-cell diameter in pixels [unset: estimated per field]
+``SMEARFLOW_PRELOAD_MODEL``
+    load the model when a worker process starts, not at its first slide [1]
+``SMEARFLOW_MODEL_LOAD_TIMEOUT_S``
+    how long a new worker process may take to start (and load) [300]
+``SMEARFLOW_MAX_ATTEMPTS``
+    claims of a slide before it is given up as failed [3]
+``SMEARFLOW_MAX_RETRIES``
+    retries after a transient error [5]
+``SMEARFLOW_RETRY_BACKOFF_S``
+    first retry delay, doubled at each retry [10]
+``SMEARFLOW_RETRY_BACKOFF_MAX_S``
+    longest retry delay [600]
+``SMEARFLOW_SOFT_TIME_LIMIT_S``
+    soft time limit of one slide (then recorded failed) [1200]
+``SMEARFLOW_TIME_LIMIT_S``
+    hard time limit of one slide (then killed) [1500]
+``SMEARFLOW_TRAINING_TIME_LIMIT_S``
+    hard time limit of retraining and the benchmark [14400]
+``SMEARFLOW_VISIBILITY_TIMEOUT_S``
+    Redis visibility timeout: above every hard limit [18000]
+``SMEARFLOW_RESTORE_INTERVAL_S``
+    how often workers look for messages past the visibility timeout [unset: Kombu's default, about 100 s]
+``SMEARFLOW_TRAIN_DATA``
+    class-folder dataset of retraining and the benchmark [unset: those runs fail, recorded]
+``SMEARFLOW_TRAIN_CONFIG``
+    JSON overrides of TrainConfig [{}]
+``SMEARFLOW_MODELS_DIR``
+    where nightly candidates are written [smearflow-models]
+``SMEARFLOW_BENCHMARK_DIR``
+    where nightly benchmarks are written [smearflow-benchmarks]
+``SMEARFLOW_BENCHMARK_CONFIG``
+    JSON overrides of BenchmarkConfig [{}]
+``SMEARFLOW_RETRAIN_CRON``
+    cron of retraining; off disables it [30 2 * * *]
+``SMEARFLOW_BENCHMARK_CRON``
+    cron of the re-benchmark; off disables it [30 4 * * 0]
+``SMEARFLOW_RETRAIN_METRIC``
+    the figure a candidate must win on [macro_f1]
+``SMEARFLOW_RETRAIN_MARGIN``
+    by how much it must win [0.01]
+``SMEARFLOW_TIMEZONE``
+    time zone of the cron schedules [UTC]
+``SMEARFLOW_TEST_FIELD_DELAY_S``
+    test hook: seconds to sleep after every field [0]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from smearflow.config import SerialisableConfig
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+"""The broker used when ``SMEARFLOW_BROKER_URL`` is not set."""
+
+SLIDES = "slides"
+"""Logical name of the queue of slide analyses."""
+
+TRAINING = "training"
+"""Logical name of the queue of retraining and benchmark runs."""
+
+ANALYZE_SLIDE_TASK = "smearflow.analyze_slide"
+RETRAIN_TASK = "smearflow.retrain"
+REBENCHMARK_TASK = "smearflow.rebenchmark"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _text(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or default
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, kind: type = float) -> Any:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a{'n integer' if kind is int else ' number'}. Received: {name}={raw!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number. Received: {name}={raw!r}")
+    return value
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off. Received: {name}={raw!r}")
+
+
+@dataclass(frozen=True)
+class WorkerSettings(SerialisableConfig):
+    """Everything a worker, beat or the watcher needs to know; the module lists the variables.
+
+    Time limits and timeouts are in seconds. Validation makes sure that a
+    message is never handed to a second worker while the first may still be
+    working on it: the Redis visibility timeout must exceed every hard time
+    limit and the longest retry delay.
+    """
+
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str | None = None
+    database_url: str | None = None
+    queue_prefix: str = ""
+    slides_queue: str | None = None
+    training_queue: str | None = None
+    model_dir: str | None = None
+    segmenter: str = "classical"
+    segmentation_model_dir: str | None = None
+    rbc_diameter_px: float | None = None
+    preload_model: bool = True
+    max_attempts: int = 3
+    max_retries: int = 5
+    retry_backoff_s: float = 10.0
+    retry_backoff_max_s: float = 600.0
+    soft_time_limit_s: float = 1200.0
+    time_limit_s: float = 1500.0
+    training_time_limit_s: float = 14400.0
+    visibility_timeout_s: float = 18000.0
+    restore_interval_s: float | None = None
+    model_load_timeout_s: float = 300.0
+    train_data: str | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
+    models_dir: str = "smearflow-models"
+    benchmark_dir: str = "smearflow-benchmarks"
+    benchmark_config: dict[str, Any] = field(default_factory=dict)
+    retrain_cron: str | None = "30 2 * * *"
+    benchmark_cron: str | None = "30 4 * * 0"
+    retrain_metric: str = "macro_f1"
+    retrain_margin: float = 0.01
+    timezone: str = "UTC"
+    test_field_delay_s: float = 0.0
+
+    def __post_init__(self):
+        if not self.broker_url:
+            raise ValueError(f"broker_url must not be empty. Received: broker_url={self.broker_url!r}")
+        if self.result_backend is None:
+            object.__setattr__(self, "result_backend", self.broker_url)
+        if self.slides_queue is None:
+            object.__setattr__(self, "slides_queue", f"{self.queue_prefix}{SLIDES}")
+        if self.training_queue is None:
+            object.__setattr__(self, "training_queue", f"{self.queue_prefix}{TRAINING}")
+        if self.slides_queue == self.training_queue:
+            raise ValueError(
+                "slides_queue and training_queue must differ. "
+                f"Received: slides_queue={self.slides_queue!r}, training_queue={self.training_queue!r}"
+            )
+        if self.segmenter not in ("classical", "unet"):
+            raise ValueError(f"segmenter must be 'classical' or 'unet'. Received: segmenter={self.segmenter!r}")
+        for name in ("max_attempts", "max_retries"):
+            value = getattr(self, name)
+            if value < (1 if name == "max_attempts" else 0):
+                raise ValueError(f"{name} must be at least {1 if name == 'max_attempts' else 0}. Received: {name}={value}")
+        for name in (
+            "retry_backoff_s",
+            "retry_backoff_max_s",
+            "soft_time_limit_s",
+            "time_limit_s",
+            "training_time_limit_s",
+            "visibility_timeout_s",
+            "model_load_timeout_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive. Received: {name}={getattr(self, name)}")
+        if self.soft_time_limit_s >= self.time_limit_s:
+            raise ValueError(
+                "soft_time_limit_s must be below time_limit_s, so a slow slide is recorded failed before it is killed. "
+                f"Received: soft_time_limit_s={self.soft_time_limit_s}, time_limit_s={self.time_limit_s}"
+            )
+        longest = max(self.time_limit_s, self.training_time_limit_s, self.retry_backoff_max_s)
+        if self.visibility_timeout_s <= longest:
+            raise ValueError(
+                "visibility_timeout_s must exceed time_limit_s, training_time_limit_s and retry_backoff_max_s, "
+                "or Redis hands a running task to a second worker. "
+                f"Received: visibility_timeout_s={self.visibility_timeout_s}, time_limit_s={self.time_limit_s}, "
+                f"training_time_limit_s={self.training_time_limit_s}, retry_backoff_max_s={self.retry_backoff_max_s}"
+            )
+        if self.restore_interval_s is not None and not self.restore_interval_s > 0:
+            raise ValueError(f"restore_interval_s must be positive. Received: restore_interval_s={self.restore_interval_s}")
+        if self.rbc_diameter_px is not None and not self.rbc_diameter_px > 0:
+            raise ValueError(f"rbc_diameter_px must be positive. Received: rbc_diameter_px={self.rbc_diameter_px}")
+        if self.retrain_margin < 0:
+            raise ValueError(f"retrain_margin must not be negative. Received: retrain_margin={self.retrain_margin}")
+        if self.test_field_delay_s < 0:
+            raise ValueError(f"test_field_delay_s must not be negative. Received: test_field_delay_s={self.test_field_delay_s}")
+        for name in ("train_config", "benchmark_config"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a JSON object. Received: {name}={getattr(self, name)!r}")
+
+    @property
+    def queues(self) -> dict[str, str]:
+        """Logical queue name (``"slides"``, ``"training"``) to the real one."""
+        return {SLIDES: self.slides_queue, TRAINING: self.training_queue}
+
+    def queue_names(self, logical: list[str] | tuple[str, ...]) -> list[str]:
+        """The real names of logical queues.
+
+        Raises
+        ------
+        ValueError
+            When a name is neither ``"slides"`` nor ``"training"``.
+        """
+        unknown = [name for name in logical if name not in self.queues]
+        if unknown:
+            raise ValueError(f"queues must be among {sorted(self.queues)}. Received: {list(logical)}")
+        return [self.queues[name] for name in logical]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
+        """Settings from ``SMEARFLOW_*`` variables (``os.environ`` by default).
+
+        Raises
+        ------
+        ValueError
+            When a number, flag or JSON value does not parse, or the values
+            break a rule of :class:`WorkerSettings`.
+        """
+        env = os.environ if environ is None else environ
+        train_config = _json_object(env, "SMEARFLOW_TRAIN_CONFIG")
+        benchmark_config = _json_object(env, "SMEARFLOW_BENCHMARK_CONFIG")
+        rbc = _number(env, "SMEARFLOW_RBC_DIAMETER_PX", None)
+        return cls(
+            broker_url=_text(env, "SMEARFLOW_BROKER_URL", DEFAULT_BROKER_URL),
+            result_backend=_text(env, "SMEARFLOW_RESULT_BACKEND"),
+            database_url=_text(env, "SMEARFLOW_DATABASE_URL"),
+            queue_prefix=env.get("SMEARFLOW_QUEUE_PREFIX", "").strip(),
+            slides_queue=_text(env, "SMEARFLOW_SLIDES_QUEUE"),
+            training_queue=_text(env, "SMEARFLOW_TRAINING_QUEUE"),
+            model_dir=_text(env, "SMEARFLOW_MODEL_DIR"),
+            segmenter=_text(env, "SMEARFLOW_SEGMENTER", "classical"),
+            segmentation_model_dir=_text(env, "SMEARFLOW_SEGMENTATION_MODEL_DIR"),
+            rbc_diameter_px=rbc,
+            preload_model=_flag(env, "SMEARFLOW_PRELOAD_MODEL", True),
+            max_attempts=_number(env, "SMEARFLOW_MAX_ATTEMPTS", 3, int),
+            max_retries=_number(env, "SMEARFLOW_MAX_RETRIES", 5, int),
+            retry_backoff_s=_number(env, "SMEARFLOW_RETRY_BACKOFF_S", 10.0),
+            retry_backoff_max_s=_number(env, "SMEARFLOW_RETRY_BACKOFF_MAX_S", 600.0),
+            soft_time_limit_s=_number(env, "SMEARFLOW_SOFT_TIME_LIMIT_S", 1200.0),
+            time_limit_s=_number(env, "SMEARFLOW_TIME_LIMIT_S", 1500.0),
+            training_time_limit_s=_number(env, "SMEARFLOW_TRAINING_TIME_LIMIT_S", 14400.0),
+            visibility_timeout_s=_number(env, "SMEARFLOW_VISIBILITY_TIMEOUT_S", 18000.0),
+            restore_interval_s=_number(env, "SMEARFLOW_RESTORE_INTERVAL_S", None),
+            model_load_timeout_s=_number(env, "SMEARFLOW_MODEL_LOAD_TIMEOUT_S", 300.0),
+            train_data=_text(env, "SMEARFLOW_TRAIN_DATA"),
+            train_config=train_config,
+            models_dir=_text(env, "SMEARFLOW_MODELS_DIR", "smearflow-models"),
+            benchmark_dir=_text(env, "SMEARFLOW_BENCHMARK_DIR", "smearflow-benchmarks"),
+            benchmark_config=benchmark_config,
+            retrain_cron=_cron(env, "SMEARFLOW_RETRAIN_CRON", "30 2 * * *"),
+            benchmark_cron=_cron(env, "SMEARFLOW_BENCHMARK_CRON", "30 4 * * 0"),
+            retrain_metric=_text(env, "SMEARFLOW_RETRAIN_METRIC", "macro_f1"),
+            retrain_margin=_number(env, "SMEARFLOW_RETRAIN_MARGIN", 0.01),
+            timezone=_text(env, "SMEARFLOW_TIMEZONE", "UTC"),
+            test_field_delay_s=_number(env, "SMEARFLOW_TEST_FIELD_DELAY_S", 0.0),
+        )
+
+
+def _json_object(environ: Mapping[str, str], name: str) -> Any:
+    raw = _text(environ, name, "{}")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} must be a JSON object. Received: {name}={raw!r} ({exc})") from None
+
+
+def _cron(environ: Mapping[str, str], name: str, default: str) -> str | None:
+    """A cron expression, or ``None`` when the variable says ``off``."""
+    raw = environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return None if raw.strip().lower() in ("off", "none", "disabled") else raw.strip()

@@ -1,0 +1,54 @@
+"""The Celery app: delivery settings, routing, and that `celery -A smearflow.worker` finds it."""
+
+from smearflow.worker.app import celery_config, make_celery_app, settings_of
+from smearflow.worker.settings import WorkerSettings
+
+
+def test_delivery_settings_make_long_jobs_safe():
+    settings = WorkerSettings(visibility_timeout_s=20000, time_limit_s=900, soft_time_limit_s=800)
+    config = celery_config(settings)
+    assert config["task_acks_late"] is True
+    assert config["task_reject_on_worker_lost"] is True
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["broker_transport_options"] == {"visibility_timeout": 20000}
+    limits = config["task_annotations"]["smearflow.analyze_slide"]
+    assert (limits["soft_time_limit"], limits["time_limit"]) == (800, 900)
+    assert config["task_annotations"]["smearflow.retrain"]["max_retries"] == 0
+    assert config["accept_content"] == ["json"]
+    assert config["worker_proc_alive_timeout"] == settings.model_load_timeout_s
+    fast = celery_config(WorkerSettings(restore_interval_s=2))["broker_transport_options"]
+    assert fast == {"visibility_timeout": 18000.0, "unacked_restore_interval": 2, "unacked_restore_throttle": 1}
+
+
+def test_tasks_are_routed_to_their_queues():
+    app = make_celery_app(WorkerSettings(queue_prefix="t1-", broker_url="memory://"))
+    router = app.amqp.router
+    assert router.route({}, "smearflow.analyze_slide")["queue"].name == "t1-slides"
+    assert router.route({}, "smearflow.retrain")["queue"].name == "t1-training"
+    assert router.route({}, "smearflow.rebenchmark")["queue"].name == "t1-training"
+    assert app.conf.task_default_queue == "t1-slides"
+    assert settings_of(app).queue_prefix == "t1-"
+
+
+def test_annotations_reach_the_tasks():
+    app = make_celery_app(WorkerSettings(broker_url="memory://", soft_time_limit_s=11, time_limit_s=12))
+    app.loader.import_default_modules()
+    task = app.tasks["smearflow.analyze_slide"]
+    assert (task.soft_time_limit, task.time_limit, task.acks_late) == (11, 12, True)
+
+
+def test_celery_command_line_finds_the_app():
+    from celery.app.utils import find_app
+
+    import smearflow.worker
+
+    found = find_app("smearflow.worker")
+    assert found is smearflow.worker.app
+    assert {"smearflow.analyze_slide", "smearflow.retrain", "smearflow.rebenchmark"} <= set(found.tasks.keys())
+
+
+def test_settings_of_an_app_without_settings_reads_the_environment(monkeypatch):
+    from celery import Celery
+
+    monkeypatch.setenv("SMEARFLOW_QUEUE_PREFIX", "env-")
+    assert settings_of(Celery("plain", set_as_current=False)).slides_queue == "env-slides"

@@ -1,0 +1,140 @@
+"""The deployment commands through Typer's runner (no broker: an in-memory app stands in)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from smearflow.cli import app
+from smearflow.commands import deployment
+from smearflow.worker.app import make_celery_app
+from smearflow.worker.settings import WorkerSettings
+from worker_testdata import write_slide
+
+
+@pytest.fixture
+def celery_app(monkeypatch):
+    """An app on the in-memory broker; captures what is sent, and the argv of worker/beat."""
+    memory = make_celery_app(WorkerSettings(broker_url="memory://", queue_prefix="cli-"))
+    memory.sent = []
+    memory.argv = []
+    memory.send_task = lambda name, **kwargs: memory.sent.append((name, kwargs))
+    memory.worker_main = memory.argv.append
+    memory.start = memory.argv.append
+    monkeypatch.setattr(deployment, "_celery_app", lambda: memory)
+    return memory
+
+
+@pytest.fixture
+def run(sqlite_url, monkeypatch):
+    monkeypatch.delenv("SMEARFLOW_DATABASE_URL", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args, db=True):
+        extra = ["--database-url", sqlite_url] if db else []
+        return runner.invoke(app, [*args, *extra], env={"COLUMNS": "200"})
+
+    return invoke
+
+
+def test_enqueue_then_status(tmp_path, run, celery_app):
+    a, b = write_slide(tmp_path / "A"), write_slide(tmp_path / "B")
+    result = run("enqueue", str(a), str(b), "--done-dir", str(tmp_path / "done"), "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [(r["slide_id"], r["action"]) for r in rows] == [("A", "enqueued"), ("B", "enqueued")]
+    name, kwargs = celery_app.sent[0]
+    assert name == "smearflow.analyze_slide" and kwargs["queue"] == "cli-slides"
+    assert kwargs["kwargs"] == {"done_dir": str((tmp_path / "done").resolve()), "failed_dir": None}
+
+    again = run("enqueue", str(a))
+    assert again.exit_code == 0 and "skipped" in again.output and "already queued" in again.output
+    assert len(celery_app.sent) == 2
+
+    status = run("status", "--json")
+    summary = json.loads(status.output)
+    assert summary["counts"] == {"queued": 2, "running": 0, "done": 0, "failed": 0}
+    assert {s["slide_id"] for s in summary["slides"]} == {"A", "B"}
+    assert len(json.loads(run("status", "--json", "--limit", "1").output)["slides"]) == 1
+    table = run("status")
+    assert table.exit_code == 0 and "queued" in table.output and "latest" in table.output
+
+
+def test_enqueue_of_a_missing_folder_fails(tmp_path, run, celery_app):
+    result = run("enqueue", str(tmp_path / "nope"), "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.output)[0]["action"] == "error"
+
+
+def test_enqueue_reports_an_unreachable_broker(tmp_path, run, celery_app):
+    def refuse(name, **kwargs):
+        raise ConnectionError("Connection refused")
+
+    celery_app.send_task = refuse
+    result = run("enqueue", str(write_slide(tmp_path / "C")), "--json")
+    assert result.exit_code == 1 and "broker is unavailable" in json.loads(result.output)[0]["reason"]
+
+
+def test_models_register_list_activate(run, tiny_model_dir):
+    registered = run("models", "register", str(tiny_model_dir), "--activate")
+    assert registered.exit_code == 0 and "(active)" in registered.output
+    listed = json.loads(run("models", "list", "--json").output)
+    assert len(listed) == 1 and listed[0]["active"] and listed[0]["name"].startswith("cnn-")
+    assert listed[0]["accuracy"] == 0.125 and listed[0]["path"] == str(tiny_model_dir.resolve())
+    assert listed[0]["name"] in run("models", "list").output
+    assert run("models", "activate", listed[0]["name"]).exit_code == 0
+
+
+def test_models_errors(run, tmp_path):
+    assert "no model versions registered" in run("models", "list").output
+    unknown = run("models", "activate", "cnn-nope")
+    assert unknown.exit_code == 1 and "No model version is registered" in unknown.output
+    bad = run("models", "register", str(tmp_path))
+    assert bad.exit_code == 1 and "model folder is missing" in bad.output
+
+
+def test_db_upgrade_and_current(tmp_path, run):
+    result = CliRunner().invoke(app, ["db", "upgrade", "--database-url", f"sqlite:///{tmp_path}/new.db"])
+    assert result.exit_code == 0 and "revision" in result.output
+    current = CliRunner().invoke(app, ["db", "current", "--database-url", f"sqlite:///{tmp_path}/new.db"])
+    assert current.exit_code == 0 and "current:" in current.output and "head:" in current.output
+
+
+def test_worker_translates_logical_queue_names(run, celery_app):
+    result = run("worker", "-Q", "slides,training", "-c", "2", "--pool", "solo", "-n", "gpu1@%h", "--max-tasks-per-child", "50", db=False)
+    assert result.exit_code == 0, result.output
+    assert celery_app.argv == [[
+        "worker", "--queues=cli-slides,cli-training", "--concurrency=2", "--pool=solo", "--loglevel=INFO",
+        "--hostname=gpu1@%h", "--max-tasks-per-child=50",
+    ]]
+
+
+def test_worker_rejects_unknown_queues_and_bad_concurrency(run, celery_app):
+    assert run("worker", "-Q", "gpu", db=False).exit_code == 2
+    assert run("worker", "-c", "0", db=False).exit_code == 2
+    assert celery_app.argv == []
+
+
+def test_beat_passes_its_schedule_file(run, celery_app, tmp_path):
+    result = run("beat", "--schedule-file", str(tmp_path / "beat.db"), db=False)
+    assert result.exit_code == 0
+    assert celery_app.argv == [["beat", f"--schedule={tmp_path / 'beat.db'}", "--loglevel=INFO"]]
+
+
+def test_watch_refuses_an_inbox_that_is_its_own_done_folder(run, tmp_path, celery_app):
+    result = run("watch", str(tmp_path / "in"), "--done-dir", str(tmp_path / "in"))
+    assert result.exit_code == 2
+
+
+def test_watch_rejects_a_negative_settle_time(run, tmp_path, celery_app):
+    assert run("watch", str(tmp_path / "in"), "--settle-seconds", "-1").exit_code == 2
+
+
+def test_a_bad_setting_is_reported_by_the_command(monkeypatch, run):
+    import sys
+
+    monkeypatch.setenv("SMEARFLOW_MAX_ATTEMPTS", "many")
+    monkeypatch.delitem(sys.modules, "smearflow.worker", raising=False)
+    monkeypatch.delitem(sys.modules, "smearflow.worker.app", raising=False)
+    result = run("worker", db=False)
+    assert result.exit_code == 2 and "SMEARFLOW_MAX_ATTEMPTS must be an integer" in result.output
