@@ -124,3 +124,19 @@ def write_class_folders(root, classes=("a", "b", "c"), per_class=6, size=40, see
             image = _clf_np.clip(_clf_np.array(palette[k % len(palette)]) + noise, 0, 255).astype(_clf_np.uint8)
             write_rgb(root / name / f"{name}_{i}.png", image)
     return root
+
+
+# --- shared-data fixture (owned by smearflow.segmentation) ---
+from pathlib import Path as _seg_Path
+
+SHARED_DATA_DIR = _seg_Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+"""Real datasets, read-only, beside the repository; absent on most machines."""
+
+
+@_db_pytest.fixture(scope="session")
+def shared_data():
+    """Path of ``../shared/data``; tests using it skip when it is absent (mark them ``data``)."""
+    path = SHARED_DATA_DIR.resolve()
+    if not path.is_dir():
+        _db_pytest.skip(f"shared data not found at {path}")
+    return path

@@ -1,0 +1,132 @@
+"""Square crops of single cells, sized in red-cell diameters, for the classifier.
+
+A crop is centred on the cell's centroid and ``crop_side_rbc_diameters``
+red-cell diameters wide, so that the cell fills the frame as in the
+single-cell training images whatever the magnification. Where the square
+runs past the field it is padded with the field's background colour (the
+median of its brightest, non-glare pixels): reflecting the field instead
+would invent cells that are not there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from smearflow.types import Cell
+
+__all__ = ["background_colour", "crop_cells", "crop_side_px"]
+
+_BACKGROUND_PERCENTILES = (80, 97)
+
+
+def crop_side_px(rbc_diameter_px: float, crop_side_rbc_diameters: float = 4.5) -> int:
+    """Side of a cell crop in field pixels.
+
+    Parameters
+    ----------
+    rbc_diameter_px : float
+        Red-cell diameter in the field, in pixels.
+    crop_side_rbc_diameters : float
+        Crop side in red-cell diameters (single-cell PBC images are about 4.5 wide).
+
+    Returns
+    -------
+    int
+        ``round(rbc_diameter_px * crop_side_rbc_diameters)``, at least 1.
+
+    Raises
+    ------
+    ValueError
+        When either argument is not positive.
+    """
+    if not rbc_diameter_px > 0:
+        raise ValueError(f"rbc_diameter_px must be positive. Received: rbc_diameter_px={rbc_diameter_px}")
+    if not crop_side_rbc_diameters > 0:
+        raise ValueError(
+            f"crop_side_rbc_diameters must be positive. Received: crop_side_rbc_diameters={crop_side_rbc_diameters}"
+        )
+    return max(1, int(round(rbc_diameter_px * crop_side_rbc_diameters)))
+
+
+def background_colour(image: np.ndarray) -> np.ndarray:
+    """The field's background colour: the median of its bright pixels, glare left out.
+
+    Parameters
+    ----------
+    image : ndarray of shape (M, N, 3), uint8
+
+    Returns
+    -------
+    colour : ndarray of shape (3,), uint8
+    """
+    pixels = image.reshape(-1, 3)
+    brightness = pixels.astype(np.int32).sum(axis=1)
+    low, high = np.percentile(brightness, _BACKGROUND_PERCENTILES)
+    chosen = pixels[(brightness >= low) & (brightness <= high)]
+    return np.median(chosen if len(chosen) else pixels, axis=0).round().astype(np.uint8)
+
+
+def crop_cells(
+    image: np.ndarray, cells: Sequence[Cell], side_px: int, out_size_px: int = 224
+) -> np.ndarray:
+    """Cut a square around each cell and resize it for the classifier.
+
+    Parameters
+    ----------
+    image : ndarray of shape (M, N, 3), uint8
+        RGB field.
+    cells : sequence of Cell
+        Cells of that field; each crop is centred on ``cell.centroid``.
+    side_px : int
+        Crop side in field pixels (see :func:`crop_side_px`).
+    out_size_px : int
+        Side of the returned crops; area interpolation when shrinking,
+        bilinear when enlarging.
+
+    Returns
+    -------
+    crops : ndarray of shape (len(cells), out_size_px, out_size_px, 3), uint8
+        In the order of ``cells``; parts outside the field are the field's
+        background colour.
+
+    Raises
+    ------
+    ValueError
+        When ``image`` is not an (M, N, 3) uint8 array, or ``side_px`` or
+        ``out_size_px`` is below 1.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be an (M, N, 3) uint8 array. Received: shape={image.shape}, dtype={image.dtype}"
+        )
+    if int(side_px) != side_px or side_px < 1:
+        raise ValueError(f"side_px must be a whole number of at least 1. Received: side_px={side_px}")
+    if int(out_size_px) != out_size_px or out_size_px < 1:
+        raise ValueError(f"out_size_px must be a whole number of at least 1. Received: out_size_px={out_size_px}")
+    side_px, out_size_px = int(side_px), int(out_size_px)
+    crops = np.empty((len(cells), out_size_px, out_size_px, 3), dtype=np.uint8)
+    if not len(cells):
+        return crops
+    import cv2
+
+    fill = background_colour(image)
+    rows, cols = image.shape[:2]
+    interpolation = cv2.INTER_AREA if side_px > out_size_px else cv2.INTER_LINEAR
+    for index, cell in enumerate(cells):
+        centre_row, centre_col = cell.centroid
+        top = int(round(centre_row - side_px / 2.0))
+        left = int(round(centre_col - side_px / 2.0))
+        square = np.empty((side_px, side_px, 3), dtype=np.uint8)
+        square[:] = fill
+        r0, r1 = max(0, top), min(rows, top + side_px)
+        c0, c1 = max(0, left), min(cols, left + side_px)
+        if r0 < r1 and c0 < c1:
+            square[r0 - top : r1 - top, c0 - left : c1 - left] = image[r0:r1, c0:c1]
+        if side_px == out_size_px:
+            crops[index] = square
+        else:
+            crops[index] = cv2.resize(square, (out_size_px, out_size_px), interpolation=interpolation)
+    return crops
