@@ -236,6 +236,54 @@ def demo(
     analyze(slides, database_url=database_url, model=model, as_json=as_json)
 
 
+@app.command("evaluate-fields")
+def evaluate_fields_command(
+    images: Annotated[Path, typer.Argument(help="Folder of whole-field images.")],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV naming each image's white-cell class.")],
+    image_column: Annotated[str, typer.Option(help="CSV column with the image file name.")] = "image",
+    label_column: Annotated[str, typer.Option(help="CSV column with the class.")] = "kaggle_wbc_category",
+    subset: Annotated[str, typer.Option(help="heldout, tuning or all (the segmentation hold-out split).")] = "all",
+    model: ModelDir = None,
+    segmenter: Annotated[str, typer.Option(help="classical or unet.")] = "classical",
+    as_json: JsonFlag = False,
+):
+    """Analyse labelled whole fields and report how often the class found matches the label."""
+    from smearflow.config import PipelineConfig
+    from smearflow.errors import PermanentError
+    from smearflow.fieldeval import evaluate_fields, read_field_labels
+    from smearflow.jobs import Analyzer
+    from smearflow.segeval import holdout_split
+
+    if subset not in ("heldout", "tuning", "all"):
+        raise fail(f"--subset must be heldout, tuning or all. Received: {subset!r}")
+    try:
+        wanted = read_field_labels(labels, image_column, label_column)
+        analyzer = Analyzer.load(model, PipelineConfig(segmenter=segmenter))
+    except (PermanentError, ValueError) as error:
+        raise fail(str(error)) from None
+    names = None
+    if subset != "all":
+        stems = {Path(name).stem: name for name in wanted}
+        tuning, held_out = holdout_split(stems)
+        names = [stems[stem] for stem in (held_out if subset == "heldout" else tuning)]
+    try:
+        report = evaluate_fields(images, wanted, analyzer, names=names)
+    except PermanentError as error:
+        raise fail(str(error)) from None
+    report["subset"] = subset
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = stdout_console()
+    agreement = "-" if report["agreement"] is None else f"{100 * report['agreement']:.1f}%"
+    console.print(
+        f"{report['fields']} fields ({subset}): majority class matches the label in {agreement}; "
+        f"no white cell classified in {report['no_wbc_found']}; {report['ms_per_field']:.0f} ms per field"
+    )
+    for label, row in report["per_label"].items():
+        console.print(f"  {label:<11} {row['fields']:>4} fields -> {row['predicted']}", highlight=False)
+
+
 def _register_command_modules() -> None:
     from smearflow.commands import deployment, segmentation, training
 

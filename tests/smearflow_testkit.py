@@ -1,0 +1,43 @@
+"""Stand-ins and generated data shared by the tests (imported by module name, not via conftest)."""
+
+import numpy as np
+
+from smearflow.segmentation import Segmentation
+from smearflow.types import Cell, Classification
+
+
+def planted_cell(kind, row, col, radius=10, counted=True, visible=1.0):
+    size = 2 * radius
+    return Cell(
+        kind=kind,
+        bbox=(row - radius, col - radius, row + radius, col + radius),
+        centroid=(float(row), float(col)),
+        area_px=size * size,
+        mask=np.ones((size, size), bool),
+        counted=counted,
+        visible_fraction=visible,
+    )
+
+
+class PlantedSegmenter:
+    """Returns the same planted cells for every field."""
+
+    def __init__(self, cells):
+        self.cells = tuple(cells)
+
+    def segment(self, image):
+        return Segmentation(cells=self.cells, rbc_diameter_px=20.0, image_shape=image.shape[:2])
+
+
+class ColumnClassifier:
+    """Labels a crop by where it came from: the label list is consumed in order."""
+
+    version = "fake-1"
+
+    def __init__(self, labels):
+        self.labels = list(labels)
+        self.seen_shapes = []
+
+    def classify(self, crops, batch_size=32):
+        self.seen_shapes.append(crops.shape)
+        return [Classification(self.labels.pop(0), 0.9) for _ in range(len(crops))]
