@@ -96,3 +96,19 @@ def test_resize_rgb_validates_and_keeps_dtype():
         resize_rgb(image, 0)
     with pytest.raises(ValueError, match=r"\(n, M, N, 3\)"):
         resize_batch(image, 4)
+
+
+def test_saved_model_folder_holds_no_optimizer_state(tmp_path):
+    import keras
+
+    from smearflow.classifier.model_folder import write_model_folder
+    from smearflow.training.architectures import build_model
+
+    model = build_model("cnn", 32, 3, filters=(8, 16))
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(np.zeros((2, 32, 32, 3)), np.eye(3)[[0, 1]], verbose=0)
+    folder = write_model_folder(tmp_path / "m", model, config={"architecture": "cnn", "image_size": 32}, classes=["a", "b", "c"], metrics={})
+    reloaded = keras.saving.load_model(folder.weights_path)
+    assert getattr(reloaded, "optimizer", None) is None
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-5)

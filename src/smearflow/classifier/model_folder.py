@@ -101,8 +101,14 @@ def write_model_folder(
     metrics: dict[str, Any],
 ) -> ModelFolder:
     """Save a Keras model with its config, classes and metrics as a model folder."""
+    import keras
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "optimizer", None) is not None and isinstance(model, keras.Model) and model.inputs:
+        # An uncompiled view of the same layers: the file holds weights, not
+        # optimizer state, which would triple its size and serve no inference.
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
     model.save(path / WEIGHTS_FILE)
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (path / "classes.json").write_text(json.dumps(list(classes), indent=2) + "\n")
