@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,74 @@ def test_augment_keeps_shape_and_dtype():
     image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
     out = augment(image, np.random.default_rng(1))
     assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
+
+
+def test_stratified_folds_partition_and_depend_on_the_seed():
+    from smearflow.training.data import stratified_folds
+
+    labels = np.repeat([0, 1, 2], [10, 6, 4])
+    folds = stratified_folds(labels, 2, seed=1)
+    validation = np.concatenate([val for _, val in folds])
+    assert sorted(validation) == list(range(20))
+    for train, val in folds:
+        assert not set(train) & set(val)
+        assert np.bincount(labels[val]).tolist() == [5, 3, 2]
+    again = stratified_folds(labels, 2, seed=1)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+    other = stratified_folds(labels, 2, seed=2)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(folds, other))
+    with pytest.raises(ValueError, match="n_folds must be an integer of at least 2. Received: n_folds=1"):
+        stratified_folds(labels, 1, seed=0)
+    with pytest.raises(ValueError, match=r"every class needs at least n_folds=5 images .* \[10, 6, 4\]"):
+        stratified_folds(labels, 5, seed=0)
+
+
+def test_subset_per_class(tmp_path):
+    from smearflow.training.data import subset_per_class
+
+    write_class_folders(tmp_path, classes=("a", "b"), per_class=6)
+    (tmp_path / "b" / "b_5.png").unlink()
+    dataset = scan_class_folders(tmp_path)
+    subset = subset_per_class(dataset, 5, seed=0)
+    assert subset.class_counts() == {"a": 5, "b": 5}
+    assert subset.paths == subset_per_class(dataset, 5, seed=0).paths
+    assert set(subset.paths) <= set(dataset.paths) and list(subset.paths) == sorted(subset.paths)
+    with pytest.raises(ValueError, match="per_class must be at least 1. Received: per_class=0"):
+        subset_per_class(dataset, 0, seed=0)
+
+
+def test_a_batch_of_only_unreadable_images(tmp_path):
+    write_class_folders(tmp_path, classes=("a", "b"), per_class=3)
+    for i in range(3):
+        (tmp_path / "a" / f"a_{i}.png").write_text("broken")
+    dataset = scan_class_folders(tmp_path)  # a_0..2 come first: the first batch of 3 is all broken
+    evaluation = batches(dataset, 16, 3, training=False, num_classes=2)
+    x, y = evaluation[0]
+    assert x.shape == (0, 16, 16, 3) and y.shape == (0, 2)
+    assert evaluation[1][0].shape == (3, 16, 16, 3)
+    training = batches(dataset, 16, 3, training=True, seed=0, num_classes=2)
+    training.order = np.arange(6)  # force the broken images into one batch
+    x, y = training[0]
+    assert x.shape == (3, 16, 16, 3) and y[:, 1].sum() == 3  # borrowed from class b
+
+
+def test_a_dataset_with_no_readable_image_fails_clearly(tmp_path):
+    from smearflow.errors import BadDatasetError
+
+    write_class_folders(tmp_path, classes=("a",), per_class=2)
+    for i in range(2):
+        (tmp_path / "a" / f"a_{i}.png").write_text("broken")
+    with pytest.raises(BadDatasetError, match="none of the 2 images can be read"):
+        batches(scan_class_folders(tmp_path), 16, 2, training=True)[0]
+
+
+def test_shared_decode_cache_is_keyed_by_path(tmp_path):
+    write_class_folders(tmp_path, classes=("a", "b"), per_class=2)
+    dataset = scan_class_folders(tmp_path)
+    decoded = {}
+    first = batches(dataset, 16, 4, training=False, decoded=decoded)[0][0]
+    assert set(decoded) == set(dataset.paths)
+    for path in dataset.paths:  # served from the cache from now on
+        Path(path).unlink()
+    again = batches(dataset.subset([3, 2, 1, 0]), 16, 4, training=False, decoded=decoded)[0][0]
+    np.testing.assert_array_equal(again, first[::-1])

@@ -32,3 +32,15 @@ def test_roc_auc_is_none_when_a_class_is_absent():
 def test_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match="y_prob must have shape"):
         classification_metrics(np.array([0, 1]), np.zeros((2, 2)), ["a", "b", "c"])
+
+
+def test_average_over_present_classes():
+    y_true = np.array([0, 0, 1, 1])
+    y_prob = np.eye(3)[[0, 2, 1, 1]]  # one image of class 0 predicted as the absent class 2
+    all_classes = classification_metrics(y_true, y_prob, ["a", "b", "c"])
+    present = classification_metrics(y_true, y_prob, ["a", "b", "c"], average_over=[0, 1])
+    assert present["macro_recall"] == pytest.approx((0.5 + 1.0) / 2)
+    assert all_classes["macro_recall"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert present["per_class"] == all_classes["per_class"] and present["accuracy"] == 0.75
+    with pytest.raises(ValueError, match=r"average_over must hold class indices in \[0, 3\). Received: average_over=\[3\]"):
+        classification_metrics(y_true, y_prob, ["a", "b", "c"], average_over=[3])

@@ -47,3 +47,149 @@ def test_registry_rejects_unknown_names_and_small_inputs():
         build_model("cnn", 16, 3)
     with pytest.raises(ValueError, match="num_classes"):
         build_model("cnn", 32, 1)
+
+
+def _tiny_backbone_model(image_size, num_classes, *, contrastive=False):
+    """A small stand-in with the registry's conventions: a nested backbone named like an ImageNet one."""
+    import keras
+    from keras import layers
+
+    backbone_in = keras.Input((image_size, image_size, 3))
+    x = layers.Conv2D(4, 3, strides=2)(backbone_in)
+    x = layers.BatchNormalization()(x)
+    backbone = keras.Model(backbone_in, layers.Activation("relu")(x), name="mobilenetv2")
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = layers.Rescaling(1 / 255, name="preprocessed")(inputs)
+    x = layers.GlobalAveragePooling2D(name="embedding" if contrastive else "pool")(backbone(x))
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture
+def tiny_registry(monkeypatch):
+    from smearflow.training.architectures import ARCHITECTURES, Architecture
+
+    monkeypatch.setitem(
+        ARCHITECTURES, "tiny_backbone", Architecture("tiny_backbone", _tiny_backbone_model, 16, "test", "unit", ("mobilenetv2",))
+    )
+    monkeypatch.setitem(
+        ARCHITECTURES,
+        "tiny_supcon",
+        Architecture(
+            "tiny_supcon",
+            lambda s, k: _tiny_backbone_model(s, k, contrastive=True),
+            16,
+            "test",
+            "unit",
+            ("mobilenetv2",),
+            contrastive=True,
+        ),
+    )
+
+
+def _train_set(tmp_path):
+    from smearflow.training.data import scan_class_folders
+
+    return scan_class_folders(write_class_folders(tmp_path / "data", per_class=4, size=16))
+
+
+def test_frozen_backbone_trains_only_the_head_with_local_weights(tmp_path, tiny_registry):
+    import keras
+
+    from smearflow.training.train import HistoryRecorder, fit_classifier
+
+    keras.utils.set_random_seed(1)
+    source = _tiny_backbone_model(16, 3).get_layer("mobilenetv2")
+    weights_file = tmp_path / "backbone.weights.h5"
+    source.save_weights(weights_file)
+    config = TrainConfig(
+        architecture="tiny_backbone", image_size=16, epochs=2, batch_size=4,
+        weights={"mobilenetv2": str(weights_file)}, freeze_backbone_epochs=2,
+    )
+    model = build_model("tiny_backbone", 16, 3)
+    head_before = model.get_layer("probabilities").get_weights()[0].copy()
+    history = HistoryRecorder()
+    fitted = fit_classifier(model, config, _train_set(tmp_path), 3, history=history)
+    assert fitted == {"weights_loaded": {"mobilenetv2": str(weights_file)}, "stages": [{"stage": "frozen_backbone", "epochs": 2}]}
+    for got, want in zip(model.get_layer("mobilenetv2").get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(got, want)  # frozen: kernels and batch-norm statistics untouched
+    assert not np.array_equal(model.get_layer("probabilities").get_weights()[0], head_before)
+    assert [row["stage"] for row in history.rows] == ["frozen_backbone", "frozen_backbone"]
+
+
+def test_freeze_then_fine_tune(tmp_path, tiny_registry):
+    import keras
+
+    from smearflow.training.train import HistoryRecorder, fit_classifier
+
+    keras.utils.set_random_seed(2)
+    model = build_model("tiny_backbone", 16, 3)
+    config = TrainConfig(architecture="tiny_backbone", image_size=16, epochs=3, batch_size=4, freeze_backbone_epochs=1)
+    epochs_seen = []
+    history = HistoryRecorder()
+    fitted = fit_classifier(
+        model, config, _train_set(tmp_path), 3, history=history,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_seen.append(epoch))],
+    )
+    assert fitted["stages"] == [{"stage": "frozen_backbone", "epochs": 1}, {"stage": "fine_tune", "epochs": 2}]
+    assert epochs_seen == [0, 1, 2] and [r["stage"] for r in history.rows] == ["frozen_backbone", "fine_tune", "fine_tune"]
+    assert model.get_layer("mobilenetv2").trainable
+
+
+def test_contrastive_training_has_two_stages(tmp_path, tiny_registry):
+    import keras
+
+    from smearflow.training.train import HistoryRecorder, fit_classifier
+
+    keras.utils.set_random_seed(3)
+    model = build_model("tiny_supcon", 16, 3)
+    encoder = model.get_layer("mobilenetv2")
+    initial = [w.copy() for w in encoder.get_weights()]
+    after_contrastive = []
+
+    def snapshot(epoch, logs):
+        if epoch == 1:  # the last contrastive epoch
+            after_contrastive.extend(w.copy() for w in encoder.get_weights())
+
+    config = TrainConfig(architecture="tiny_supcon", image_size=16, epochs=1, contrastive_epochs=2, batch_size=6)
+    assert config.total_epochs() == 3
+    history = HistoryRecorder()
+    fitted = fit_classifier(
+        model, config, _train_set(tmp_path), 3, history=history,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=snapshot)],
+    )
+    assert fitted["stages"] == [{"stage": "contrastive", "epochs": 2}, {"stage": "head", "epochs": 1}]
+    assert [r["stage"] for r in history.rows] == ["contrastive", "contrastive", "head"]
+    assert "accuracy" not in history.rows[0] and "accuracy" in history.rows[2]
+    assert any(not np.array_equal(a, b) for a, b in zip(initial, after_contrastive))  # stage 1 trained the encoder
+    for got, want in zip(encoder.get_weights(), after_contrastive):
+        np.testing.assert_array_equal(got, want)  # stage 2 left it frozen
+
+
+def test_new_train_config_fields_are_validated():
+    with pytest.raises(ValueError, match="freeze_backbone_epochs must be >= 0. Received: freeze_backbone_epochs=-1"):
+        TrainConfig(freeze_backbone_epochs=-1)
+    with pytest.raises(ValueError, match="fine_tune_learning_rate must be positive"):
+        TrainConfig(fine_tune_learning_rate=0.0)
+    with pytest.raises(ValueError, match="contrastive_epochs must be at least 1"):
+        TrainConfig(contrastive_epochs=0)
+    with pytest.raises(ValueError, match="contrastive_temperature must be positive"):
+        TrainConfig(contrastive_temperature=0)
+    with pytest.raises(ValueError, match="projection_dim must be at least 1"):
+        TrainConfig(projection_dim=0)
+    with pytest.raises(ValueError, match="weights must be a dict"):
+        TrainConfig(weights="imagenet")
+    assert TrainConfig().total_epochs() == 28
+    assert TrainConfig(architecture="supcon", epochs=3).total_epochs() == 6
+
+
+def test_default_config_is_unchanged():
+    """The packaged model's recipe: changing any of these changes the default model."""
+    config = TrainConfig()
+    assert (config.architecture, config.image_size, config.epochs, config.batch_size, config.seed) == (
+        "cnn", 64, 28, 64, 20261125
+    )
+    assert (config.learning_rate, config.weight_decay, config.label_smoothing, config.class_weight) == (
+        2e-3, 1e-4, 0.05, "balanced"
+    )
+    assert config.weights == {} and config.freeze_backbone_epochs == 0 and config.arch_params == {}

@@ -108,7 +108,9 @@ def write_model_folder(
     if getattr(model, "optimizer", None) is not None and isinstance(model, keras.Model) and model.inputs:
         # An uncompiled view of the same layers: the file holds weights, not
         # optimizer state, which would triple its size and serve no inference.
-        model = keras.Model(model.inputs, model.outputs, name=model.name)
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+        model = keras.Model(inputs, outputs, name=model.name)
     model.save(path / WEIGHTS_FILE)
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (path / "classes.json").write_text(json.dumps(list(classes), indent=2) + "\n")

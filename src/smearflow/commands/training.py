@@ -1,17 +1,84 @@
-"""Training commands: ``train`` (and later the benchmark and classifier evaluation)."""
+"""Training commands: ``train``, ``benchmark`` and ``evaluate-classifier``."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from smearflow.commands.common import stderr_console, stdout_console
+from smearflow.cli import DatabaseUrl, JsonFlag, ModelDir, stderr_console, stdout_console
+
+logger = logging.getLogger(__name__)
+
+WeightsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--weights",
+        help="Local ImageNet weights: imagenet=FOLDER (Keras' standard notop file names, e.g. ~/.keras/models) "
+        "and/or per backbone, e.g. inceptionv3=FILE,xception=FILE. Default: train from scratch.",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``smearflow`` app."""
     app.command()(train)
+    app.command()(benchmark)
+    app.command("evaluate-classifier")(evaluate_classifier)
+
+
+def parse_weights(text: str | None) -> dict[str, str]:
+    """``"imagenet=DIR"`` or ``"inceptionv3=FILE,xception=FILE"`` → ``{name: path}``.
+
+    Raises
+    ------
+    typer.BadParameter
+        For an item without ``=`` or a name given twice.
+    """
+    weights: dict[str, str] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise typer.BadParameter(f"expected NAME=PATH items separated by commas. Received: {item!r}")
+        if name.strip() in weights:
+            raise typer.BadParameter(f"weights for {name.strip()!r} given twice")
+        weights[name.strip()] = path.strip()
+    return weights
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """``"cnn,hybrid"`` → ``("cnn", "hybrid")``; ``"all"`` → every registered architecture."""
+    from smearflow.training.architectures import ARCHITECTURES
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names == ("all",):
+        return tuple(ARCHITECTURES)
+    return names
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """``"1,2,3"`` → ``(1, 2, 3)``.
+
+    Raises
+    ------
+    typer.BadParameter
+        For an item that is not an integer.
+    """
+    try:
+        return tuple(int(n) for n in text.split(",") if n.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes integers separated by commas. Received: {text!r}") from None
+
+
+def _fail(error: Exception) -> None:
+    stderr_console().print(f"[red]error:[/red] {error}", highlight=False)
+    raise typer.Exit(code=1)
 
 
 def train(
@@ -24,6 +91,14 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed of split, weights and augmentation.")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Initial learning rate.")] = None,
+    weights: WeightsOption = None,
+    freeze_backbone_epochs: Annotated[
+        Optional[int], typer.Option(help="Epochs with frozen backbones (head only); >= epochs: head only throughout.")
+    ] = None,
+    fine_tune_learning_rate: Annotated[
+        Optional[float], typer.Option(help="Learning rate after the frozen epochs (default learning rate / 10).")
+    ] = None,
 ):
     """Train a classifier and save it as a model folder usable by ``analyze --model``.
 
@@ -31,21 +106,345 @@ def train(
     """
     from rich.progress import Progress
 
+    from smearflow.errors import SmearflowError
     from smearflow.training.train import TrainConfig, train_classifier
 
-    overrides = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed}
-    config = TrainConfig.from_dict(
-        {"architecture": arch} | {k: v for k, v in overrides.items() if v is not None}
-    )
-    with Progress(console=stderr_console()) as progress:
-        task = progress.add_task(f"training {arch}", total=config.epochs)
+    overrides = {
+        "image_size": image_size,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "freeze_backbone_epochs": freeze_backbone_epochs,
+        "fine_tune_learning_rate": fine_tune_learning_rate,
+        "weights": parse_weights(weights) or None,
+    }
+    try:
+        from smearflow.training.architectures import get_architecture
 
-        def on_epoch_end(epoch, logs):
-            progress.update(task, completed=epoch + 1, description=f"training {arch} loss {logs.get('loss', 0):.3f}")
+        get_architecture(arch)
+        config = TrainConfig.from_dict({"architecture": arch} | {k: v for k, v in overrides.items() if v is not None})
+        with Progress(console=stderr_console()) as progress:
+            task = progress.add_task(f"training {arch}", total=config.total_epochs())
 
-        folder = train_classifier(data, out, config, on_epoch_end=on_epoch_end)
+            def on_epoch_end(epoch, logs):
+                progress.update(
+                    task, completed=epoch + 1, description=f"training {arch} loss {logs.get('loss', 0):.3f}"
+                )
+
+            folder = train_classifier(data, out, config, on_epoch_end=on_epoch_end)
+    except (SmearflowError, ValueError, FileNotFoundError) as error:
+        _fail(error)
     metrics = folder.metrics
     stdout_console().print(
         f"saved {folder.path}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
         f"on {metrics['test_images']} held-out images"
     )
+
+
+def benchmark(
+    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout).")] = Path(
+        "../shared/data/pbc"
+    ),
+    archs: Annotated[str, typer.Option("--archs", help="Architectures, comma-separated, or 'all'.")] = "all",
+    folds: Annotated[int, typer.Option(help="Stratified cross-validation folds.")] = 5,
+    image_size: Annotated[int, typer.Option(help="Input size in pixels (inceptionv3/hybrid need 75, xception 71).")] = 224,
+    epochs: Annotated[int, typer.Option(help="Training epochs per fold.")] = 28,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    weights: WeightsOption = None,
+    freeze_backbone_epochs: Annotated[int, typer.Option(help="Epochs with frozen backbones (head only).")] = 0,
+    fine_tune_learning_rate: Annotated[
+        Optional[float], typer.Option(help="Learning rate after the frozen epochs (default learning rate / 10).")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Run folder (default runs/benchmark-<image size>px-<epochs>ep).")
+    ] = None,
+    subset: Annotated[Optional[int], typer.Option("--subset", help="At most N images per class (a reduced run).")] = None,
+    smote: Annotated[bool, typer.Option("--smote/--no-smote", help="Also report SMOTE-refitted heads.")] = True,
+    seeds: Annotated[
+        str, typer.Option("--seeds", help="Seeds, comma-separated: one cross-validation each (shuffling study).")
+    ] = "20261125",
+    split_seed: Annotated[int, typer.Option(help="Seed of the subset and of the held-out test split.")] = 20261125,
+    test_fraction: Annotated[float, typer.Option(help="Share of images held out for the final test.")] = 0.15,
+    arch_params: Annotated[
+        Optional[str], typer.Option(help='Builder parameters as JSON, e.g. \'{"cnn": {"filters": [16, 32]}}\'.')
+    ] = None,
+    database_url: DatabaseUrl = None,
+):
+    """Benchmark architectures with stratified k-fold CV, SMOTE and a held-out test split.
+
+    Writes results.json, results.csv, report.md and plots to the run folder. Running the same
+    command again resumes an interrupted run: finished folds are read back, not retrained.
+    With a database URL (--database-url or SMEARFLOW_DATABASE_URL) the run and one row per
+    architecture and fold are recorded there too.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from smearflow.errors import SmearflowError
+    from smearflow.training.benchmark import BenchmarkConfig, run_benchmark
+
+    try:
+        params = json.loads(arch_params) if arch_params else {}
+    except json.JSONDecodeError as error:
+        raise typer.BadParameter(f"--arch-params is not valid JSON ({error}). Received: {arch_params!r}") from None
+    try:
+        config = BenchmarkConfig.from_dict(
+            {
+                "architectures": parse_names(archs),
+                "folds": folds,
+                "image_size": image_size,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "seeds": parse_ints(seeds, "--seeds"),
+                "split_seed": split_seed,
+                "test_fraction": test_fraction,
+                "subset_per_class": subset,
+                "smote": smote,
+                "weights": parse_weights(weights),
+                "freeze_backbone_epochs": freeze_backbone_epochs,
+                "fine_tune_learning_rate": fine_tune_learning_rate,
+                "arch_params": params,
+            }
+        )
+    except ValueError as error:
+        _fail(error)
+    out = out or Path("runs") / f"benchmark-{image_size}px-{epochs}ep"
+    recorder = DatabaseRecorder(database_url, config, out) if database_url else None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr_console()) as progress:
+        callbacks = _ProgressCallbacks(progress, recorder)
+        try:
+            results = run_benchmark(data, out, config, callbacks=callbacks)
+        except BaseException as error:
+            if recorder is not None:
+                recorder.fail(error)
+            if isinstance(error, (SmearflowError, ValueError, FileNotFoundError)):
+                progress.stop()
+                _fail(error)
+            raise
+    if recorder is not None:
+        recorder.finish()
+    _print_summary(results)
+
+
+def _print_summary(results: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"benchmark in {results['run_folder']}", title_justify="left")
+    for column in ("architecture", "runs", "val accuracy", "val macro-F1", "ensemble test accuracy", "SMOTE val macro-F1"):
+        table.add_column(column, justify="left" if column == "architecture" else "right")
+
+    def pct(stat):
+        if not stat or stat.get("mean") is None:
+            return "–"
+        return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+    for name, summary in results["architectures"].items():
+        network = summary["variants"]["network"]
+        table.add_row(
+            name,
+            str(summary["runs"]),
+            pct(network["validation"]["accuracy"]),
+            pct(network["validation"]["macro_f1"]),
+            pct(summary["ensemble_test"].get("network", {}).get("accuracy")),
+            pct(summary["variants"].get("smote", {}).get("validation", {}).get("macro_f1")),
+        )
+    console = stdout_console()
+    console.print(table)
+    console.print(f"report: {Path(results['run_folder']) / 'report.md'}")
+
+
+class _ProgressCallbacks:
+    """Rich progress over the epochs still to train; forwards fold results to the database."""
+
+    def __init__(self, progress, recorder):
+        self.progress = progress
+        self.recorder = recorder
+        self.task_id = None
+        self.done_epochs = 0
+        self.total = 1
+
+    def on_start(self, plan, run_folder):
+        pending = [t for t in plan if not t.done]
+        total = sum(t.epochs for t in pending)
+        resumed = len(plan) - len(pending)
+        description = f"benchmark ({resumed} fold(s) resumed)" if resumed else "benchmark"
+        self.total = max(total, 1)
+        self.task_id = self.progress.add_task(description, total=self.total)
+        if self.recorder is not None:
+            self.recorder.start()
+
+    def on_epoch_end(self, task, epoch, logs):
+        self.done_epochs += 1
+        self.progress.update(
+            self.task_id,
+            completed=self.done_epochs,
+            description=f"{task.label} epoch {epoch + 1}/{task.epochs} loss {logs.get('loss', float('nan')):.3f}",
+        )
+
+    def on_fold_end(self, task, entry, resumed):
+        if self.recorder is not None:
+            self.recorder.add_fold(entry)
+
+    def on_end(self, results):
+        self.progress.update(self.task_id, completed=self.total, description="benchmark done")
+        if self.recorder is not None:
+            self.recorder.add_aggregates(results)
+
+
+class DatabaseRecorder:
+    """Records a benchmark in the database: a run, one row per architecture × seed × fold, one aggregate per architecture.
+
+    Each write is its own transaction, so rows of finished folds survive a
+    crash. A resumed run folder gets a new database run holding every fold
+    (read back or trained); the interrupted one stays ``failed`` (or, after a
+    hard kill, is marked failed on resume through ``database_run.json``).
+    """
+
+    def __init__(self, database_url: str | None, config, run_folder: Path):
+        self.database_url = database_url
+        self.config = config
+        self.run_folder = Path(run_folder)
+        self.factory = None
+        self.run_id = None
+
+    def _session(self):
+        from smearflow.db.engine import session_scope
+
+        return session_scope(self.factory)
+
+    def start(self) -> None:
+        from smearflow.cli import _open_database
+        from smearflow.db import repository
+        from smearflow.db.models import BenchmarkRun
+
+        _, self.factory = _open_database(self.database_url)
+        marker = self.run_folder / "database_run.json"
+        with self._session() as session:
+            if marker.is_file():
+                previous = session.get(BenchmarkRun, json.loads(marker.read_text()).get("run_id"))
+                if previous is not None and previous.status == "running":
+                    repository.finish_benchmark_run(
+                        session, previous, status="failed", error="interrupted; resumed as a new run"
+                    )
+            run = repository.start_benchmark_run(
+                session,
+                f"benchmark {', '.join(self.config.architectures)}",
+                config=self.config.to_dict(),
+                run_folder=str(self.run_folder.resolve()),
+            )
+            self.run_id = run.id
+        marker.write_text(json.dumps({"run_id": self.run_id}) + "\n")
+
+    def _run(self, session):
+        from smearflow.db.models import BenchmarkRun
+
+        return session.get(BenchmarkRun, self.run_id)
+
+    def add_fold(self, entry: dict) -> None:
+        from smearflow.db import repository
+
+        network = entry["variants"]["network"]["validation"]
+        metrics = {k: v for k, v in entry.items() if k not in ("history", "architecture", "fold")}
+        with self._session() as session:
+            repository.add_benchmark_result(
+                session,
+                self._run(session),
+                entry["architecture"],
+                entry["fold"],
+                metrics,
+                accuracy=network["accuracy"],
+                macro_f1=network["macro_f1"],
+                seconds=entry["seconds"],
+            )
+
+    def add_aggregates(self, results: dict) -> None:
+        from smearflow.db import repository
+
+        with self._session() as session:
+            run = self._run(session)
+            for name in self.config.architectures:
+                summary = results["architectures"].get(name)
+                if summary is None:
+                    continue
+                ensemble = summary["ensemble_test"].get("network", {})
+                repository.add_benchmark_result(
+                    session,
+                    run,
+                    name,
+                    -1,
+                    {"aggregate": summary, "note": "accuracy and macro_f1: held-out test split, fold ensemble"},
+                    accuracy=ensemble.get("accuracy", {}).get("mean"),
+                    macro_f1=ensemble.get("macro_f1", {}).get("mean"),
+                    seconds=summary["seconds_per_fold"]["mean"],
+                )
+
+    def finish(self) -> None:
+        from smearflow.db import repository
+
+        with self._session() as session:
+            repository.finish_benchmark_run(session, self._run(session), status="done")
+
+    def fail(self, error: BaseException) -> None:
+        from smearflow.db import repository
+
+        if self.run_id is None:
+            return
+        with self._session() as session:
+            repository.finish_benchmark_run(
+                session, self._run(session), status="failed", error=error if str(error) else type(error).__name__
+            )
+
+
+def evaluate_classifier(
+    data: Annotated[Path, typer.Argument(help="Class-folder dataset to score the classifier on.")],
+    model: ModelDir = None,
+    as_json: JsonFlag = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+):
+    """Score a classifier model folder on a class-folder dataset.
+
+    Data folders that are not model classes and unreadable images are skipped and reported;
+    model classes without a folder are reported and left out of the macro averages.
+    """
+    from smearflow.classifier.classifier import Classifier
+    from smearflow.errors import SmearflowError
+    from smearflow.training.evaluate import evaluate_classifier as evaluate
+
+    try:
+        result = evaluate(Classifier.load(model), data, batch_size=batch_size)
+    except (SmearflowError, ValueError) as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    _print_evaluation(result)
+
+
+def _print_evaluation(result: dict) -> None:
+    from rich.table import Table
+
+    console = stdout_console()
+    table = Table(
+        title=f"{result['model_version']} on {result['dataset']}: {result['images']} images, "
+        f"accuracy {100 * result['accuracy']:.2f}%, macro-F1 {100 * result['macro_f1']:.2f}%",
+        title_justify="left",
+    )
+    for column in ("class", "precision", "recall", "F1", "images"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, figures in result["per_class"].items():
+        table.add_row(
+            name,
+            f"{100 * figures['precision']:.1f}",
+            f"{100 * figures['recall']:.1f}",
+            f"{100 * figures['f1']:.1f}",
+            str(figures["support"]),
+        )
+    console.print(table)
+    skipped = result["skipped"]
+    if skipped["unreadable_images"]:
+        console.print(f"skipped {skipped['unreadable_images']} unreadable image(s)")
+    if skipped["data_classes_not_in_model"]:
+        console.print(f"ignored data folders that are not model classes: {skipped['data_classes_not_in_model']}")
+    if skipped["model_classes_without_data"]:
+        console.print(f"model classes without data (left out of the averages): {skipped['model_classes_without_data']}")

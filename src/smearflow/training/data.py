@@ -95,6 +95,75 @@ def stratified_holdout(labels: np.ndarray, test_fraction: float, seed: int) -> t
     return np.sort(train), np.sort(test)
 
 
+def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold cross-validation indices ``[(train, validation), ...]``.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n,), int
+        Class index of each image (of the training part only: the held-out
+        test split never enters cross-validation).
+    n_folds : int
+        Number of folds, at least 2.
+    seed : int
+        Shuffles the images before they are dealt into folds; another seed
+        gives another split order.
+
+    Returns
+    -------
+    list of (ndarray, ndarray)
+        Sorted index arrays into ``labels``; the validation parts partition
+        ``range(n)``.
+
+    Raises
+    ------
+    ValueError
+        When ``n_folds`` < 2 or a class has fewer than ``n_folds`` images.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer of at least 2. Received: n_folds={n_folds!r}")
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
+    present = counts[counts > 0]
+    if len(present) == 0 or present.min() < n_folds:
+        raise ValueError(
+            f"every class needs at least n_folds={n_folds} images for stratified folds. "
+            f"Received class counts: {counts.tolist()}"
+        )
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [(np.sort(train), np.sort(val)) for train, val in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def subset_per_class(dataset: ImageDataset, per_class: int, seed: int) -> ImageDataset:
+    """At most ``per_class`` images of each class, drawn at random with ``seed``.
+
+    Used to run a benchmark at reduced size; classes with fewer images keep
+    them all (logged). The drawn images keep the dataset's order.
+
+    Raises
+    ------
+    ValueError
+        When ``per_class`` < 1.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1. Received: per_class={per_class}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label, name in enumerate(dataset.classes):
+        members = np.flatnonzero(dataset.labels == label)
+        if len(members) <= per_class:
+            if len(members) < per_class:
+                logger.info(
+                    "class %s has %d images, fewer than the subset size %d: keeping all", name, len(members), per_class
+                )
+            chosen.append(members)
+        else:
+            chosen.append(rng.choice(members, size=per_class, replace=False))
+    return dataset.subset(np.sort(np.concatenate(chosen)))
+
+
 def load_resized(path: str, size_px: int) -> np.ndarray | None:
     """Read one training image at ``size_px``; None (and a log line) when unreadable."""
     from smearflow.classifier.preprocessing import resize_rgb
@@ -134,23 +203,42 @@ def batches(
     seed: int = 0,
     num_classes: int | None = None,
     cache: bool = False,
+    decoded: dict | None = None,
 ):
     """A Keras ``PyDataset`` over ``dataset`` (shuffled and augmented when training).
 
     With ``cache`` the resized ``uint8`` images are kept after their first
     decode (``len(dataset) * size_px**2 * 3`` bytes, about 150 MB for PBC at
     64 px) so later epochs skip JPEG decoding; augmentation still runs fresh.
+    A ``decoded`` dict does the same keyed by file path, and can be shared
+    by several sequences at the same ``size_px`` (the folds of a benchmark).
+
+    Unreadable images are skipped (logged and counted in ``n_skipped``).
+    When every image of a batch is unreadable, an evaluation batch comes back
+    empty (shape ``(0, size_px, size_px, 3)``), and a training batch borrows
+    readable images from the rest of the epoch so that ``fit`` never gets an
+    empty batch.
+
+    Raises
+    ------
+    BadDatasetError
+        From a training batch, when no image of the dataset can be read.
     """
     import keras
 
-    decoded: dict[int, np.ndarray | None] = {}
+    if decoded is None:
+        decoded = {}
+        keep = cache
+    else:
+        keep = True
 
     def load(i: int) -> np.ndarray | None:
-        if i in decoded:
-            return decoded[i]
-        image = load_resized(dataset.paths[i], size_px)
-        if cache:
-            decoded[i] = image
+        path = dataset.paths[i]
+        if path in decoded:
+            return decoded[path]
+        image = load_resized(path, size_px)
+        if keep:
+            decoded[path] = image
         return image
 
     class _ClassFolderBatches(keras.utils.PyDataset):
@@ -177,11 +265,32 @@ def batches(
                     continue
                 images.append(augment(image, rng) if training else image)
                 labels.append(dataset.labels[i])
-            x = np.stack(images).astype(np.float32)
-            y = np.asarray(labels)
+            if not images and training:
+                images, labels = self._borrow(index, len(chosen), rng)
+            if images:
+                x = np.stack(images).astype(np.float32)
+            else:
+                x = np.zeros((0, size_px, size_px, 3), dtype=np.float32)
+            y = np.asarray(labels, dtype=np.int64)
             if num_classes is not None:
                 y = np.eye(num_classes, dtype=np.float32)[y]
             return x, y
+
+        def _borrow(self, index, wanted, rng):
+            # The rest of the epoch's order, wrapping around, after this batch.
+            start = (index + 1) * batch_size
+            images, labels = [], []
+            for i in np.roll(self.order, -start):
+                image = load(i)
+                if image is not None:
+                    images.append(augment(image, rng))
+                    labels.append(dataset.labels[i])
+                    if len(images) == wanted:
+                        break
+            if not images:
+                raise BadDatasetError(f"{dataset.root}: none of the {len(dataset)} images can be read")
+            logger.warning("batch %d held only unreadable images: filled with %d others", index, len(images))
+            return images, labels
 
         epoch = 0
 

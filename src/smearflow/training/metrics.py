@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes) -> dict:
+def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes, *, average_over=None) -> dict:
     """Accuracy, macro/weighted precision-recall-F1, per-class figures, ROC AUC, confusion matrix.
 
     Parameters
@@ -16,6 +16,12 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes) -> d
         Predicted probabilities.
     classes : sequence of str
         Class names in index order.
+    average_over : sequence of int, optional
+        Class indices the macro and weighted figures average over (default:
+        all). An evaluation set that lacks some of the model's classes
+        passes the present ones, so that absent classes (recall undefined)
+        do not drag the macro figures down; predictions of an absent class
+        still count as errors.
 
     Returns
     -------
@@ -36,10 +42,15 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes) -> d
             f"y_prob must have shape (n, n_classes) = ({len(y_true)}, {len(classes)}). Received: shape={y_prob.shape}"
         )
     labels = np.arange(len(classes))
+    averaged = labels if average_over is None else np.asarray(sorted(set(int(i) for i in average_over)), dtype=int)
+    if len(averaged) == 0 or averaged.min() < 0 or averaged.max() >= len(classes):
+        raise ValueError(
+            f"average_over must hold class indices in [0, {len(classes)}). Received: average_over={average_over!r}"
+        )
     y_pred = np.argmax(y_prob, axis=1)
     result = {"accuracy": float(accuracy_score(y_true, y_pred)), "classes": classes, "images": int(len(y_true))}
     for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=averaged, average=average, zero_division=0)
         result.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None, zero_division=0)
     result["per_class"] = {

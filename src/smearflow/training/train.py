@@ -19,7 +19,33 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig(SerialisableConfig):
-    """Everything that decides a training run; saved as the model's ``config.json``."""
+    """Everything that decides a training run; saved as the model's ``config.json``.
+
+    The defaults reproduce the packaged model (``cnn`` at 64 px).
+
+    Attributes
+    ----------
+    weights : dict of str to str
+        Local ImageNet weights: ``{"imagenet": FOLDER}`` (Keras' standard
+        notop file names) and/or ``{"xception": FILE, ...}`` per backbone.
+        Empty: train from scratch. Ignored by architectures without a backbone.
+    freeze_backbone_epochs : int
+        Epochs at the start during which the backbones are frozen and only
+        the head trains (at ``learning_rate``); the remaining epochs fine-tune
+        everything but batch norm at ``fine_tune_learning_rate``. A value of
+        ``epochs`` or more trains only the head, as the reference study did.
+    fine_tune_learning_rate : float, optional
+        Learning rate after the frozen epochs; default ``learning_rate / 10``.
+    contrastive_epochs : int, optional
+        Contrastive architectures (``supcon``): epochs of the first stage,
+        which trains the encoder with the supervised contrastive loss;
+        default ``epochs``. The second stage trains the softmax head on the
+        frozen encoder for ``epochs``.
+    contrastive_temperature : float
+        Temperature of the supervised contrastive loss.
+    projection_dim : int
+        Size of the contrastive projection head's output.
+    """
 
     architecture: str = "cnn"
     image_size: int = 64
@@ -32,6 +58,12 @@ class TrainConfig(SerialisableConfig):
     test_fraction: float = 0.15
     seed: int = 20261125
     arch_params: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)
+    freeze_backbone_epochs: int = 0
+    fine_tune_learning_rate: float | None = None
+    contrastive_epochs: int | None = None
+    contrastive_temperature: float = 0.1
+    projection_dim: int = 128
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -40,6 +72,34 @@ class TrainConfig(SerialisableConfig):
             raise ValueError(f"batch_size must be at least 1. Received: batch_size={self.batch_size}")
         if self.class_weight not in ("balanced", "none"):
             raise ValueError(f"class_weight must be 'balanced' or 'none'. Received: class_weight={self.class_weight!r}")
+        if self.freeze_backbone_epochs < 0:
+            raise ValueError(
+                f"freeze_backbone_epochs must be >= 0. Received: freeze_backbone_epochs={self.freeze_backbone_epochs}"
+            )
+        if self.fine_tune_learning_rate is not None and not self.fine_tune_learning_rate > 0:
+            raise ValueError(
+                f"fine_tune_learning_rate must be positive. Received: fine_tune_learning_rate={self.fine_tune_learning_rate}"
+            )
+        if self.contrastive_epochs is not None and self.contrastive_epochs < 1:
+            raise ValueError(
+                f"contrastive_epochs must be at least 1. Received: contrastive_epochs={self.contrastive_epochs}"
+            )
+        if not self.contrastive_temperature > 0:
+            raise ValueError(
+                f"contrastive_temperature must be positive. Received: contrastive_temperature={self.contrastive_temperature}"
+            )
+        if self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be at least 1. Received: projection_dim={self.projection_dim}")
+        if not isinstance(self.weights, dict):
+            raise ValueError(f"weights must be a dict of name to path. Received: weights={self.weights!r}")
+
+    def total_epochs(self) -> int:
+        """Epochs over all training stages (the contrastive stage included)."""
+        from smearflow.training.architectures import get_architecture
+
+        if get_architecture(self.architecture).contrastive:
+            return (self.contrastive_epochs or self.epochs) + self.epochs
+        return self.epochs
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -50,11 +110,16 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     return {i: float(len(labels) / (num_classes * counts[i])) for i in range(num_classes)}
 
 
-def compile_for_training(model, config: TrainConfig, steps_per_epoch: int):
+def compile_for_training(
+    model, config: TrainConfig, steps_per_epoch: int, *, learning_rate: float | None = None, epochs: int | None = None
+):
+    """AdamW with cosine decay over ``epochs`` (default ``config.epochs``) and label-smoothed cross-entropy."""
     import keras
 
+    learning_rate = config.learning_rate if learning_rate is None else learning_rate
+    epochs = config.epochs if epochs is None else epochs
     schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), warmup_target=None
+        learning_rate, decay_steps=max(1, epochs * steps_per_epoch), warmup_target=None
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
@@ -63,17 +128,198 @@ def compile_for_training(model, config: TrainConfig, steps_per_epoch: int):
     )
 
 
-def predict_dataset(model, dataset: ImageDataset, image_size: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and true labels for every readable image of ``dataset``."""
+def predict_dataset(
+    model, dataset: ImageDataset, image_size: int, batch_size: int = 64, *, decoded: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and true labels for every readable image of ``dataset``.
+
+    Unreadable images are skipped (logged); ``decoded`` is a shared cache of
+    resized images by path (see :func:`~smearflow.training.data.batches`).
+    """
     import keras
 
     probabilities, labels = [], []
-    sequence = batches(dataset, image_size, batch_size, training=False)
+    sequence = batches(dataset, image_size, batch_size, training=False, decoded=decoded)
     for index in range(len(sequence)):
         x, y = sequence[index]
+        if len(x) == 0:
+            continue
         probabilities.append(keras.ops.convert_to_numpy(model(x, training=False)))
         labels.append(y)
+    if not probabilities:
+        return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32), np.zeros(0, dtype=np.int64)
     return np.concatenate(probabilities), np.concatenate(labels)
+
+
+class HistoryRecorder:
+    """Collects the per-epoch logs of every training stage; ``rows`` is JSON-ready."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.stage = "train"
+
+    def callback(self):
+        import keras
+
+        def record(epoch, logs):
+            row = {"epoch": int(epoch), "stage": self.stage}
+            row.update({k: float(v) for k, v in (logs or {}).items()})
+            self.rows.append(row)
+
+        return keras.callbacks.LambdaCallback(on_epoch_end=record)
+
+    def write_csv(self, path: str | Path) -> None:
+        import csv
+
+        keys = sorted({k for row in self.rows for k in row} - {"epoch", "stage"})
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["epoch", "stage", *keys])
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+def fit_classifier(
+    model,
+    config: TrainConfig,
+    train_set: ImageDataset,
+    num_classes: int,
+    *,
+    callbacks: list | tuple = (),
+    history: HistoryRecorder | None = None,
+    decoded: dict | None = None,
+) -> dict:
+    """Train ``model`` in place on ``train_set`` following the schedule of ``config``.
+
+    The schedule: local ImageNet weights into the backbones (when
+    ``config.weights`` applies); for a contrastive architecture, the encoder
+    stage with the supervised contrastive loss and then the head on the
+    frozen encoder; otherwise ``freeze_backbone_epochs`` head-only epochs and
+    fine-tuning for the rest. Without backbones or freezing this is one plain
+    ``fit``. Augmentation and class weights come from the training images
+    only.
+
+    Parameters
+    ----------
+    model : keras.Model
+        From :func:`~smearflow.training.architectures.build_model` with
+        ``config.architecture``.
+    config : TrainConfig
+    train_set : ImageDataset
+        The images to learn from (a training fold, never validation or test).
+    num_classes : int
+    callbacks : sequence of keras.callbacks.Callback
+        Called in every stage; epoch indices run on across stages.
+    history : HistoryRecorder, optional
+        Receives each epoch's logs with the stage's name.
+    decoded : dict, optional
+        Shared cache of resized images (see :func:`~smearflow.training.data.batches`).
+
+    Returns
+    -------
+    dict
+        ``weights_loaded`` (backbone → file) and ``stages`` (name and epochs).
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        For weights that do not apply or do not exist.
+    """
+    from smearflow.training.architectures import (
+        get_architecture,
+        load_backbone_weights,
+        model_backbones,
+        set_backbones_trainable,
+    )
+
+    architecture = get_architecture(config.architecture)
+    callbacks = list(callbacks)
+    if history is not None:
+        callbacks.append(history.callback())
+    loaded = load_backbone_weights(model, config.weights) if config.weights else {}
+    if config.weights and not loaded:
+        logger.info("%s has no backbone the given weights apply to: training from scratch", config.architecture)
+    stages: list[dict] = []
+
+    def run_stage(name: str, fit, epochs: int, initial_epoch: int = 0):
+        if history is not None:
+            history.stage = name
+        stages.append({"stage": name, "epochs": epochs - initial_epoch})
+        fit(epochs, initial_epoch)
+
+    first_epoch = 0
+    if architecture.contrastive:
+        first_epoch = _fit_contrastive_encoder(model, config, train_set, callbacks, decoded, run_stage)
+        for layer in model.layers:
+            layer.trainable = layer.name == "probabilities"
+    train_batches = batches(
+        train_set,
+        config.image_size,
+        config.batch_size,
+        training=True,
+        seed=config.seed,
+        num_classes=num_classes,
+        cache=True,
+        decoded=decoded,
+    )
+    class_weight = balanced_class_weights(train_set.labels, num_classes) if config.class_weight == "balanced" else None
+
+    def fit(epochs, initial_epoch):
+        model.fit(
+            train_batches,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            verbose=0,
+        )
+
+    freeze = min(config.freeze_backbone_epochs, config.epochs) if model_backbones(model) else 0
+    if freeze and not loaded and not architecture.contrastive:
+        logger.warning("%s: freezing backbones that hold random weights (no --weights given)", config.architecture)
+    if architecture.contrastive:
+        compile_for_training(model, config, len(train_batches))
+        run_stage("head", fit, first_epoch + config.epochs, first_epoch)
+    elif freeze == 0:
+        compile_for_training(model, config, len(train_batches))
+        run_stage("train", fit, config.epochs)
+    else:
+        set_backbones_trainable(model, False)
+        compile_for_training(model, config, len(train_batches), epochs=freeze)
+        run_stage("frozen_backbone", fit, freeze)
+        if config.epochs > freeze:
+            set_backbones_trainable(model, True)
+            fine_tune_rate = config.fine_tune_learning_rate or config.learning_rate / 10
+            compile_for_training(
+                model, config, len(train_batches), learning_rate=fine_tune_rate, epochs=config.epochs - freeze
+            )
+            run_stage("fine_tune", fit, config.epochs, freeze)
+    return {"weights_loaded": loaded, "stages": stages}
+
+
+def _fit_contrastive_encoder(model, config: TrainConfig, train_set, callbacks, decoded, run_stage) -> int:
+    """Stage one of SupCon: the encoder and a projection head with the contrastive loss."""
+    import keras
+
+    from smearflow.training.contrastive import SupervisedContrastiveLoss, projection_model
+
+    epochs = config.contrastive_epochs or config.epochs
+    projector = projection_model(model, config.projection_dim)
+    contrastive_batches = batches(
+        train_set, config.image_size, config.batch_size, training=True, seed=config.seed, cache=True, decoded=decoded
+    )
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(1, epochs * len(contrastive_batches))
+    )
+    projector.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
+        loss=SupervisedContrastiveLoss(config.contrastive_temperature),
+    )
+
+    def fit(epochs, initial_epoch):
+        projector.fit(contrastive_batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+
+    run_stage("contrastive", fit, epochs)
+    return epochs
 
 
 def train_classifier(
@@ -119,19 +365,14 @@ def train_classifier(
         )
     )
     model = build_model(config.architecture, config.image_size, num_classes, **config.arch_params)
-    train_batches = batches(
-        train_set, config.image_size, config.batch_size, training=True, seed=config.seed, num_classes=num_classes, cache=True
-    )
-    compile_for_training(model, config, len(train_batches))
-    class_weight = (
-        balanced_class_weights(train_set.labels, num_classes) if config.class_weight == "balanced" else None
-    )
-    callbacks = [keras.callbacks.CSVLogger(str(out_dir / "history.csv"))]
+    history = HistoryRecorder()
+    callbacks = []
     if on_epoch_end is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch_end(epoch, logs)))
     started = time.perf_counter()
-    model.fit(train_batches, epochs=config.epochs, class_weight=class_weight, callbacks=callbacks, verbose=0)
+    fitted = fit_classifier(model, config, train_set, num_classes, callbacks=callbacks, history=history)
     train_seconds = time.perf_counter() - started
+    history.write_csv(out_dir / "history.csv")
     probabilities, labels = predict_dataset(model, test_set, config.image_size)
     metrics = classification_metrics(labels, probabilities, dataset.classes)
     metrics.update(
@@ -143,5 +384,7 @@ def train_classifier(
             "keras_backend": keras.backend.backend(),
         }
     )
+    if fitted["weights_loaded"]:
+        metrics["weights_loaded"] = fitted["weights_loaded"]
     model_config = config.to_dict() | {"classes": list(dataset.classes), "keras_version": keras.__version__}
     return write_model_folder(out_dir, model, config=model_config, classes=dataset.classes, metrics=metrics)

@@ -1,0 +1,106 @@
+"""Evaluate a trained classifier on any class-folder dataset."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from smearflow.errors import BadDatasetError
+from smearflow.training.data import load_resized, scan_class_folders
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64) -> dict:
+    """Score a :class:`~smearflow.classifier.Classifier` on a class-folder dataset.
+
+    Images go through the same resize and ``predict_proba`` as crops do in
+    ``analyze``. Mismatches between the model and the data are skipped and
+    reported, never guessed:
+
+    - a data folder whose name is not one of the model's classes is ignored
+      (logged; its image count is reported);
+    - a model class without a data folder is reported; the macro and weighted
+      figures average over the classes present in the data, while per-class
+      figures and the confusion matrix keep every model class (so
+      predictions of an absent class still show as errors);
+    - unreadable images are skipped, logged and counted.
+
+    Parameters
+    ----------
+    classifier : Classifier
+    data_dir : str or Path
+        One sub-folder per class.
+    batch_size : int
+        Images per forward pass.
+
+    Returns
+    -------
+    dict
+        JSON-ready: the keys of
+        :func:`~smearflow.training.metrics.classification_metrics`
+        (``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1``,
+        ``per_class``, ``confusion_matrix``, ``classes``, ``images`` …), plus
+        ``skipped`` (``unreadable_images``, ``unreadable_files``,
+        ``data_classes_not_in_model``, ``model_classes_without_data``),
+        ``dataset`` and ``model_version``.
+
+    Raises
+    ------
+    BadDatasetError
+        When the folder is missing, has no class folder, shares no class with
+        the model, a shared class folder holds no image, or no image can be read.
+    ValueError
+        When ``batch_size`` < 1.
+    """
+    from smearflow.imageio import is_image_file
+    from smearflow.training.metrics import classification_metrics
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise BadDatasetError(f"{root}: dataset folder does not exist")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    model_classes = list(classifier.classes)
+    present = [c for c in model_classes if c in folders]
+    missing = [c for c in model_classes if c not in folders]
+    extra = {c: sum(1 for p in (root / c).iterdir() if is_image_file(p)) for c in folders if c not in model_classes}
+    if not present:
+        raise BadDatasetError(
+            f"{root}: no class folder matches the model's classes {model_classes}. Received folders: {folders}"
+        )
+    if missing:
+        logger.warning(
+            "%s: the model's class(es) %s have no folder; averaging over the %d present", root, missing, len(present)
+        )
+    dataset = scan_class_folders(root, classes=present)  # logs the ignored extra folders
+    to_model = np.asarray([model_classes.index(c) for c in present])
+    probabilities, labels, unreadable = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        images = []
+        for path, label in zip(dataset.paths[start : start + batch_size], dataset.labels[start : start + batch_size]):
+            image = load_resized(path, classifier.image_size)
+            if image is None:
+                unreadable.append(str(Path(path).relative_to(root)))
+                continue
+            images.append(image)
+            labels.append(to_model[label])
+        if images:
+            probabilities.append(classifier.predict_proba(np.stack(images), batch_size=batch_size))
+    if not labels:
+        raise BadDatasetError(f"{root}: none of the {len(dataset)} images can be read")
+    metrics = classification_metrics(
+        np.asarray(labels), np.concatenate(probabilities), model_classes, average_over=to_model
+    )
+    metrics["skipped"] = {
+        "unreadable_images": len(unreadable),
+        "unreadable_files": unreadable,
+        "data_classes_not_in_model": extra,
+        "model_classes_without_data": missing,
+    }
+    metrics["dataset"] = str(root)
+    metrics["model_version"] = classifier.version
+    return metrics

@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_class_folders
+from smearflow.classifier.classifier import Classifier
+from smearflow.cli import app
+from smearflow.errors import BadDatasetError
+from smearflow.training.evaluate import evaluate_classifier
+
+JSON_KEYS = {
+    "accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class", "confusion_matrix", "classes", "images",
+    "skipped",
+}
+
+
+@pytest.fixture
+def mixed_data(tmp_path):
+    """Two of the model's classes, one folder the model does not know, one unreadable image."""
+    data = write_class_folders(tmp_path / "data", classes=("lymphocyte", "neutrophil", "smudge"), per_class=3, size=40)
+    (data / "neutrophil" / "neutrophil_0.png").write_text("broken")
+    return data
+
+
+def test_evaluate_reports_what_it_skipped(tiny_model_dir, mixed_data, caplog):
+    classifier = Classifier.load(tiny_model_dir)
+    result = evaluate_classifier(classifier, mixed_data, batch_size=2)
+    assert JSON_KEYS <= set(result)
+    assert result["images"] == 5 and result["classes"] == list(classifier.classes)
+    assert result["skipped"] == {
+        "unreadable_images": 1,
+        "unreadable_files": ["neutrophil/neutrophil_0.png"],
+        "data_classes_not_in_model": {"smudge": 3},
+        "model_classes_without_data": [c for c in classifier.classes if c not in ("lymphocyte", "neutrophil")],
+    }
+    assert result["per_class"]["lymphocyte"]["support"] == 3 and result["per_class"]["neutrophil"]["support"] == 2
+    assert np.sum(result["confusion_matrix"]) == 5
+    # the macro figures average over the two present classes only
+    present = [result["per_class"][c]["recall"] for c in ("lymphocyte", "neutrophil")]
+    assert result["macro_recall"] == pytest.approx(np.mean(present))
+    assert "smudge" in caplog.text and "neutrophil_0.png" in caplog.text
+    assert result["model_version"] == classifier.version
+
+
+def test_evaluate_errors(tiny_model_dir, tmp_path):
+    classifier = Classifier.load(tiny_model_dir)
+    with pytest.raises(BadDatasetError, match="does not exist"):
+        evaluate_classifier(classifier, tmp_path / "none")
+    other = write_class_folders(tmp_path / "other", classes=("x", "y"), per_class=1)
+    with pytest.raises(BadDatasetError, match=r"no class folder matches the model's classes .* Received folders: \['x', 'y'\]"):
+        evaluate_classifier(classifier, other)
+    empty = write_class_folders(tmp_path / "empty", classes=("lymphocyte",), per_class=1)
+    (empty / "monocyte").mkdir()
+    with pytest.raises(BadDatasetError, match="monocyte: class folder holds no image"):
+        evaluate_classifier(classifier, empty)
+    broken = write_class_folders(tmp_path / "broken", classes=("lymphocyte",), per_class=2)
+    for path in (broken / "lymphocyte").iterdir():
+        path.write_text("broken")
+    with pytest.raises(BadDatasetError, match="none of the 2 images can be read"):
+        evaluate_classifier(classifier, broken)
+    with pytest.raises(ValueError, match="batch_size must be at least 1. Received: batch_size=0"):
+        evaluate_classifier(classifier, broken, batch_size=0)
+
+
+def test_evaluate_classifier_command(tiny_model_dir, mixed_data, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate-classifier", str(mixed_data), "--model", str(tiny_model_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert JSON_KEYS <= set(payload) and payload["images"] == 5 and payload["skipped"]["unreadable_images"] == 1
+    table = runner.invoke(app, ["evaluate-classifier", str(mixed_data), "--model", str(tiny_model_dir)])
+    assert table.exit_code == 0 and "lymphocyte" in table.stdout and "skipped 1 unreadable image" in table.stdout
+    failed = runner.invoke(app, ["evaluate-classifier", str(tmp_path / "none"), "--model", str(tiny_model_dir)])
+    assert failed.exit_code == 1 and "does not exist" in failed.output
