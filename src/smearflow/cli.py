@@ -36,6 +36,10 @@ app = typer.Typer(
 
 @app.callback()
 def main_callback(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False):
+    import os
+
+    # TensorFlow's C++ start-up chatter would bury the tables; real errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     setup_logging(verbose)
 
 
