@@ -132,13 +132,20 @@ def test_a_dataset_with_no_readable_image_fails_clearly(tmp_path):
         batches(scan_class_folders(tmp_path), 16, 2, training=True)[0]
 
 
-def test_shared_decode_cache_is_keyed_by_path(tmp_path):
+def test_shared_decode_cache_is_keyed_by_path_and_size(tmp_path):
     write_class_folders(tmp_path, classes=("a", "b"), per_class=2)
     dataset = scan_class_folders(tmp_path)
     decoded = {}
     first = batches(dataset, 16, 4, training=False, decoded=decoded)[0][0]
-    assert set(decoded) == set(dataset.paths)
+    assert set(decoded) == {(path, 16) for path in dataset.paths}
+    batches(dataset, 16, 4, training=True, decoded=decoded)[0]
+    assert {size for _, size in decoded} == {16, 32}  # training warps at twice the size
     for path in dataset.paths:  # served from the cache from now on
         Path(path).unlink()
     again = batches(dataset.subset([3, 2, 1, 0]), 16, 4, training=False, decoded=decoded)[0][0]
     np.testing.assert_array_equal(again, first[::-1])
+
+
+def test_augment_shrinks_after_warping():
+    image = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    assert augment(image, np.random.default_rng(1), out_size_px=24).shape == (24, 24, 3)

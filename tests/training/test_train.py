@@ -31,6 +31,8 @@ def test_train_config_validates():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="class_weight"):
         TrainConfig(class_weight="smote")
+    with pytest.raises(ValueError, match="recalibrate_bn_images"):
+        TrainConfig(recalibrate_bn_images=-1)
 
 
 def test_balanced_class_weights():
@@ -110,7 +112,7 @@ def test_frozen_backbone_trains_only_the_head_with_local_weights(tmp_path, tiny_
     head_before = model.get_layer("probabilities").get_weights()[0].copy()
     history = HistoryRecorder()
     fitted = fit_classifier(model, config, _train_set(tmp_path), 3, history=history)
-    assert fitted == {"weights_loaded": {"mobilenetv2": str(weights_file)}, "stages": [{"stage": "frozen_backbone", "epochs": 2}]}
+    assert fitted == {"weights_loaded": {"mobilenetv2": str(weights_file)}, "stages": [{"stage": "frozen_backbone", "epochs": 2}], "bn_recalibration_images": 0}
     for got, want in zip(model.get_layer("mobilenetv2").get_weights(), source.get_weights()):
         np.testing.assert_array_equal(got, want)  # frozen: kernels and batch-norm statistics untouched
     assert not np.array_equal(model.get_layer("probabilities").get_weights()[0], head_before)
@@ -193,3 +195,26 @@ def test_default_config_is_unchanged():
         2e-3, 1e-4, 0.05, "balanced"
     )
     assert config.weights == {} and config.freeze_backbone_epochs == 0 and config.arch_params == {}
+
+
+def test_batch_norm_recalibration_sets_statistics_of_plain_images(tmp_path):
+    import keras
+
+    from smearflow.training.data import batches, scan_class_folders
+    from smearflow.training.train import recalibrate_batch_norm
+
+    dataset = scan_class_folders(write_class_folders(tmp_path / "data", per_class=4, size=32))
+    model = build_model("cnn", 32, 3, filters=(4, 8))
+    first_bn = model.get_layer("block0_bn0")
+    frozen_bn = model.get_layer("block1_bn1")
+    frozen_bn.trainable = False
+    frozen_before = keras.ops.convert_to_numpy(frozen_bn.moving_mean).copy()
+    used = recalibrate_batch_norm(model, dataset, 32, n_images=12, batch_size=12)
+    assert used == 12
+    x, _ = batches(dataset, 32, 12, training=False)[0]
+    conv_out = keras.Model(model.input, model.get_layer("block0_conv0").output)(x)
+    expected_mean = keras.ops.convert_to_numpy(keras.ops.mean(conv_out, axis=(0, 1, 2)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first_bn.moving_mean), expected_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen_bn.moving_mean), frozen_before)
+    assert first_bn.momentum == 0.99  # restored
+    assert recalibrate_batch_norm(model, dataset, 32, n_images=0) == 0

@@ -177,9 +177,27 @@ def load_resized(path: str, size_px: int) -> np.ndarray | None:
         return None
 
 
-def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flip, rotation, small zoom/shift and colour jitter of one uint8 image."""
+AUGMENT_OVERSAMPLING = 2
+"""Training images are warped at this multiple of the input size, then shrunk.
+
+Rotating an image resamples it with bilinear interpolation, a slight blur.
+Warping at twice the size and shrinking with area interpolation afterwards
+leaves the training images as sharp as the un-augmented images the model
+sees in use (both end with the same area resize); warping at the input size
+made a measurable train/test gap (see ``TrainConfig.recalibrate_bn_images``).
+"""
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, out_size_px: int | None = None) -> np.ndarray:
+    """Random flip, rotation, small zoom/shift and colour jitter of one uint8 image.
+
+    The warp runs at the size of ``image``; the result is then shrunk to
+    ``out_size_px`` with :func:`~smearflow.classifier.preprocessing.resize_rgb`
+    (default: keep the size).
+    """
     import cv2
+
+    from smearflow.classifier.preprocessing import resize_rgb
 
     size = image.shape[0]
     if rng.random() < 0.5:
@@ -189,6 +207,7 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
     matrix[:, 2] += rng.uniform(-0.06, 0.06, size=2) * size
     image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), borderMode=cv2.BORDER_REFLECT_101)
+    image = resize_rgb(image, out_size_px or size)
     gain = rng.uniform(0.9, 1.1, size=3) * rng.uniform(0.9, 1.1)
     offset = rng.uniform(-12, 12, size=3)
     return np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
@@ -208,10 +227,11 @@ def batches(
     """A Keras ``PyDataset`` over ``dataset`` (shuffled and augmented when training).
 
     With ``cache`` the resized ``uint8`` images are kept after their first
-    decode (``len(dataset) * size_px**2 * 3`` bytes, about 150 MB for PBC at
-    64 px) so later epochs skip JPEG decoding; augmentation still runs fresh.
-    A ``decoded`` dict does the same keyed by file path, and can be shared
-    by several sequences at the same ``size_px`` (the folds of a benchmark).
+    decode so later epochs skip JPEG decoding; augmentation still runs fresh.
+    Training images are kept at ``AUGMENT_OVERSAMPLING`` times ``size_px``
+    (``len(dataset) * (2 * size_px)**2 * 3`` bytes, about 590 MB for PBC at
+    64 px). A ``decoded`` dict does the same keyed by file path and size, and
+    can be shared by several sequences (the folds of a benchmark).
 
     Unreadable images are skipped (logged and counted in ``n_skipped``).
     When every image of a batch is unreadable, an evaluation batch comes back
@@ -231,15 +251,19 @@ def batches(
         keep = cache
     else:
         keep = True
+    source_size_px = size_px * AUGMENT_OVERSAMPLING if training else size_px
 
     def load(i: int) -> np.ndarray | None:
-        path = dataset.paths[i]
-        if path in decoded:
-            return decoded[path]
-        image = load_resized(path, size_px)
+        key = (dataset.paths[i], source_size_px)
+        if key in decoded:
+            return decoded[key]
+        image = load_resized(dataset.paths[i], source_size_px)
         if keep:
-            decoded[path] = image
+            decoded[key] = image
         return image
+
+    def augmented(image, rng):
+        return augment(image, rng, out_size_px=size_px)
 
     class _ClassFolderBatches(keras.utils.PyDataset):
         def __init__(self):
@@ -263,7 +287,7 @@ def batches(
                 if image is None:
                     self.n_skipped += 1
                     continue
-                images.append(augment(image, rng) if training else image)
+                images.append(augmented(image, rng) if training else image)
                 labels.append(dataset.labels[i])
             if not images and training:
                 images, labels = self._borrow(index, len(chosen), rng)
@@ -283,7 +307,7 @@ def batches(
             for i in np.roll(self.order, -start):
                 image = load(i)
                 if image is not None:
-                    images.append(augment(image, rng))
+                    images.append(augmented(image, rng))
                     labels.append(dataset.labels[i])
                     if len(images) == wanted:
                         break

