@@ -121,8 +121,8 @@ def _result_table(title: str, result: dict):
             f"{result['skipped']} skipped, {result['ms_per_image']:.0f} ms per image"
         )
     else:
-        for column in ("class", "precision", "recall", "F1", "TP", "FP", "FN", "count MAE", "exact count"):
-            table.add_column(column, justify="left" if column == "class" else "right")
+        for column in ("class", "prec.", "recall", "F1", "TP", "FP", "FN", "count MAE", "exact"):
+            table.add_column(column, justify="left" if column == "class" else "right", no_wrap=True)
         for name, s in result["per_class"].items():
             table.add_row(
                 name,
