@@ -43,7 +43,19 @@ def test_counts_follow_classes_and_border_rule():
     assert result.rbc_count == 2
     assert result.platelet_count == 1
     assert result.model_version == "fake-1"
-    assert classifier.seen_shapes == [(3, 224, 224, 3)]
+    assert classifier.seen_shapes == [(2, 224, 224, 3), (1, 224, 224, 3)]
+
+
+def test_white_cells_are_never_labelled_platelet_when_the_model_knows_platelets():
+    cells = [_cell("wbc", 50, 50), _cell("platelet", 80, 20, radius=3)]
+    classifier = ColumnClassifier(["monocyte", "platelet"])
+    classifier.classes = ("monocyte", "platelet")
+    analyze_slide(_info(), PlantedSegmenter(cells), classifier, read_image=_reader())
+    assert classifier.excluded == [("platelet",), ()]
+    classifier = ColumnClassifier(["monocyte", "platelet"])
+    classifier.classes = ("monocyte", "platelet")
+    analyze_slide(_info(), PlantedSegmenter(cells), classifier, PipelineConfig(wbc_never_platelet=False), read_image=_reader())
+    assert classifier.excluded == [(), ()]
 
 
 def test_platelets_are_not_classified_when_switched_off():

@@ -77,12 +77,17 @@ class PipelineConfig(SerialisableConfig):
         segmentation either way).
     batch_size : int
         Crops per classifier call.
+    wbc_never_platelet : bool
+        A candidate the segmenter found as a white cell (nucleus and
+        cytoplasm, white-cell size) gets the most probable white-cell class:
+        the classifier's ``platelet`` class is ruled out for it.
     """
 
     segmenter: str = "classical"
     min_visible_fraction: float = 0.6
     classify_platelets: bool = True
     batch_size: int = 32
+    wbc_never_platelet: bool = True
     crop: CropConfig = CropConfig()
 
     def __post_init__(self):

@@ -51,8 +51,12 @@ def analyze_field(name: str, image: np.ndarray, segmenter, classifier, config: P
     cells = list(segmentation.cells)
     chosen = cells_to_classify(cells, config)
     side_px = crop_side_px(segmentation.rbc_diameter_px, config.crop.crop_side_rbc_diameters)
-    crops = crop_cells(image, [cells[i] for i in chosen], side_px, config.crop.crop_size_px)
-    labels = dict(zip(chosen, classifier.classify(crops, batch_size=config.batch_size)))
+    labels = {}
+    for kind, exclude in (("wbc", _ruled_out_for_wbc(classifier, config)), ("platelet", ())):
+        indices = [i for i in chosen if cells[i].kind == kind]
+        if indices:
+            crops = crop_cells(image, [cells[i] for i in indices], side_px, config.crop.crop_size_px)
+            labels.update(zip(indices, classifier.classify(crops, batch_size=config.batch_size, exclude=exclude)))
     classified = tuple(ClassifiedCell(cell, labels.get(i)) for i, cell in enumerate(cells))
     wbc_counts = Counter(
         c.classification.label for c in classified if c.cell.kind == "wbc" and c.classification is not None
@@ -67,6 +71,12 @@ def analyze_field(name: str, image: np.ndarray, segmenter, classifier, config: P
         rbc_count=sum(1 for c in cells if c.kind == "rbc" and c.counted),
         platelet_count=sum(1 for c in cells if c.kind == "platelet" and c.counted),
     )
+
+
+def _ruled_out_for_wbc(classifier, config: PipelineConfig) -> tuple[str, ...]:
+    if config.wbc_never_platelet and "platelet" in getattr(classifier, "classes", ()):
+        return ("platelet",)
+    return ()
 
 
 def failed_field(name: str, error: str) -> FieldResult:

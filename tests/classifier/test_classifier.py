@@ -112,3 +112,17 @@ def test_saved_model_folder_holds_no_optimizer_state(tmp_path):
     assert getattr(reloaded, "optimizer", None) is None
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-5)
+
+
+def test_excluded_classes_get_no_probability(tiny_model_dir):
+    classifier = Classifier.load(tiny_model_dir)
+    crops = np.random.default_rng(1).integers(0, 256, size=(6, 64, 64, 3), dtype=np.uint8)
+    labels = classifier.classify(crops, exclude=("platelet", "basophil"))
+    assert all(c.label not in ("platelet", "basophil") for c in labels)
+    for c in labels:
+        assert sum(c.probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert c.probabilities[WBC_CLASSES.index("platelet")] == 0.0
+    with pytest.raises(ValueError, match="unknown classes"):
+        classifier.classify(crops, exclude=("macrophage",))
+    with pytest.raises(ValueError, match="every class"):
+        classifier.classify(crops, exclude=WBC_CLASSES)

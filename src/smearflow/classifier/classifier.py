@@ -89,9 +89,33 @@ class Classifier:
         ]
         return np.concatenate(outputs).astype(np.float32)
 
-    def classify(self, crops: np.ndarray, batch_size: int = 32) -> list[Classification]:
-        """Label each crop with its most probable class and that probability."""
+    def classify(self, crops: np.ndarray, batch_size: int = 32, exclude: tuple[str, ...] = ()) -> list[Classification]:
+        """Label each crop with its most probable class and that probability.
+
+        Parameters
+        ----------
+        crops : ndarray of shape (n, M, N, 3), uint8
+        batch_size : int
+        exclude : tuple of str
+            Classes that other evidence has ruled out (a white-cell-sized
+            object is not a platelet): their probability is set to zero and
+            the rest renormalised.
+
+        Raises
+        ------
+        ValueError
+            When ``exclude`` names a class the model does not have, or all of them.
+        """
+        unknown = sorted(set(exclude) - set(self.classes))
+        if unknown:
+            raise ValueError(f"exclude names unknown classes {unknown}. Known: {list(self.classes)}")
+        if set(exclude) >= set(self.classes):
+            raise ValueError(f"exclude cannot rule out every class. Received: exclude={exclude}")
         probabilities = self.predict_proba(crops, batch_size=batch_size)
+        if exclude and len(probabilities):
+            keep = np.array([c not in exclude for c in self.classes])
+            probabilities = probabilities * keep
+            probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
         return [
             Classification(
                 label=self.classes[int(np.argmax(p))],
