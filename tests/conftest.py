@@ -87,9 +87,6 @@ def db_session(db_engine):
 
 
 # --- classifier fixtures (owned by smearflow.classifier / training) ---
-import json as _clf_json
-
-import numpy as _clf_np
 
 
 @_db_pytest.fixture(scope="session")
@@ -110,20 +107,6 @@ def tiny_model_dir(tmp_path_factory):
     )
     return path
 
-
-def write_class_folders(root, classes=("a", "b", "c"), per_class=6, size=40, seed=0):
-    """A tiny class-folder dataset whose classes differ by colour (learnable in one epoch)."""
-    from smearflow.imageio import write_rgb
-
-    rng = _clf_np.random.default_rng(seed)
-    palette = [(200, 60, 60), (60, 200, 60), (60, 60, 200), (200, 200, 60), (60, 200, 200)]
-    for k, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            noise = rng.integers(-20, 20, size=(size, size, 3))
-            image = _clf_np.clip(_clf_np.array(palette[k % len(palette)]) + noise, 0, 255).astype(_clf_np.uint8)
-            write_rgb(root / name / f"{name}_{i}.png", image)
-    return root
 
 
 # --- shared-data fixture (owned by smearflow.segmentation) ---

@@ -43,3 +43,18 @@ class ColumnClassifier:
         self.seen_shapes.append(crops.shape)
         self.excluded.append(exclude)
         return [Classification(self.labels.pop(0), 0.9) for _ in range(len(crops))]
+
+
+def write_class_folders(root, classes=("a", "b", "c"), per_class=6, size=40, seed=0):
+    """A tiny class-folder dataset whose classes differ by colour (learnable in one epoch)."""
+    from smearflow.imageio import write_rgb
+
+    rng = np.random.default_rng(seed)
+    palette = [(200, 60, 60), (60, 200, 60), (60, 60, 200), (200, 200, 60), (60, 200, 200)]
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.integers(-20, 20, size=(size, size, 3))
+            image = np.clip(np.array(palette[k % len(palette)]) + noise, 0, 255).astype(np.uint8)
+            write_rgb(root / name / f"{name}_{i}.png", image)
+    return root

@@ -95,7 +95,9 @@ def differential_table(title: str, counts: dict[str, int], wbc_total: int, rbc: 
 
 
 def _print_slide(console, summary: dict) -> None:
-    title = f"slide {summary['slide_id']}  patient {summary['patient_id'] or 'unknown'}  [{summary['status']}]"
+    from rich.markup import escape
+
+    title = escape(f"slide {summary['slide_id']}  patient {summary['patient_id'] or 'unknown'}  [{summary['status']}]")
     console.print(
         differential_table(
             title, summary["counts"], summary["wbc_total"], summary["rbc_count"], summary["platelet_count"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_class_folders
+from smearflow_testkit import write_class_folders
 from smearflow.errors import BadDatasetError
 from smearflow.training.benchmark import BenchmarkCallbacks, BenchmarkConfig, fold_seed, run_benchmark
 
@@ -270,7 +270,7 @@ def test_the_jax_backend_never_imports_tensorflow(tmp_path):
         sys.meta_path.insert(0, NoTensorflow())
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
         from pathlib import Path
-        from conftest import write_class_folders
+        from smearflow_testkit import write_class_folders
         from smearflow.training.benchmark import BenchmarkConfig, run_benchmark
 
         data = write_class_folders(Path({str(tmp_path)!r}) / "data", per_class=8, size=32)

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_class_folders
+from smearflow_testkit import write_class_folders
 from smearflow.errors import BadDatasetError
 from smearflow.training.data import augment, batches, scan_class_folders, stratified_holdout
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_class_folders
+from smearflow_testkit import write_class_folders
 from smearflow.classifier.classifier import Classifier
 from smearflow.cli import app
 from smearflow.errors import BadDatasetError

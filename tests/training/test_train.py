@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import write_class_folders
+from smearflow_testkit import write_class_folders
 from smearflow.classifier.classifier import Classifier
 from smearflow.training.architectures import build_model, get_architecture
 from smearflow.training.train import TrainConfig, balanced_class_weights, train_classifier

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_class_folders
+from smearflow_testkit import write_class_folders
 from smearflow.cli import app
 from smearflow.commands.training import parse_ints, parse_names, parse_weights
 
