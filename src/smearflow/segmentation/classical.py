@@ -57,7 +57,18 @@ import numpy as np
 from smearflow.config import SerialisableConfig
 from smearflow.segmentation import Segmentation
 from smearflow.segmentation.border import apply_border_rule
-from smearflow.types import Cell, CellKind
+from smearflow.segmentation.regions import (
+    as_rgb_uint8,
+    disc,
+    drop_small_regions,
+    fill_small_holes,
+    labelled_regions,
+    make_cell,
+    opened,
+    split_clump,
+    to_field,
+)
+from smearflow.types import Cell
 
 __all__ = ["ClassicalConfig", "ClassicalSegmenter", "estimate_rbc_diameter_px"]
 
@@ -264,7 +275,7 @@ class ClassicalSegmenter:
         ValueError
             When ``image`` is not an RGB array of at least 16 x 16 pixels.
         """
-        image = _as_rgb_uint8(image)
+        image = as_rgb_uint8(image)
         import cv2
 
         config = self.config
@@ -291,16 +302,16 @@ class ClassicalSegmenter:
         cells: list[Cell] = []
         nucleus_mask = np.zeros(image.shape[:2], dtype=bool)
         for kind, labels in (("wbc", wbc_labels), ("platelet", platelet_labels), ("rbc", rbc_labels)):
-            for region_bbox, region_mask in _regions(labels):
-                bbox, mask = _to_field(region_mask, region_bbox, image.shape[:2], (scale_rows, scale_cols))
+            for region_bbox, region_mask in labelled_regions(labels):
+                bbox, mask = to_field(region_mask, region_bbox, image.shape[:2], (scale_rows, scale_cols))
                 if mask is None:
                     continue
-                cells.append(_make_cell(kind, bbox, mask))
+                cells.append(make_cell(kind, bbox, mask))
                 if kind == "wbc":
                     nucleus_crop = nucleus_work[
                         region_bbox[0] : region_bbox[2], region_bbox[1] : region_bbox[3]
                     ] & region_mask
-                    nucleus_bbox, nucleus_part = _to_field(
+                    nucleus_bbox, nucleus_part = to_field(
                         nucleus_crop, region_bbox, image.shape[:2], (scale_rows, scale_cols)
                     )
                     if nucleus_part is not None:
@@ -346,7 +357,7 @@ def estimate_rbc_diameter_px(image: np.ndarray, config: ClassicalConfig | None =
     ValueError
         When ``image`` is not an RGB array of at least 16 x 16 pixels.
     """
-    image = _as_rgb_uint8(image)
+    image = as_rgb_uint8(image)
     return _estimate_diameter(image, config if config is not None else ClassicalConfig())[0]
 
 
@@ -364,7 +375,7 @@ def _estimate_diameter(image: np.ndarray, config: ClassicalConfig) -> tuple[floa
         small = image
     illumination = _illumination(small)
     balanced = illumination.balance(small)
-    foreground = _opened(_foreground_score(balanced) > config.foreground_min)
+    foreground = opened(_foreground_score(balanced) > config.foreground_min)
     diameter_work = _diameter_from_foreground(
         foreground, _ESTIMATE_FIRST_HOLE_FRACTION * foreground.size, _ESTIMATE_FIRST_WINDOW_PX
     )
@@ -397,7 +408,7 @@ class _WorkingField:
         import cv2
 
         config = self.config
-        nucleus = _opened(self.blue_green > config.nucleus_blue_green_min)
+        nucleus = opened(self.blue_green > config.nucleus_blue_green_min)
         labels = np.zeros(self.shape, dtype=np.int32)
         if not nucleus.any():
             return labels, nucleus
@@ -406,7 +417,7 @@ class _WorkingField:
         )
         fragment_area = fragment_stats[:, cv2.CC_STAT_AREA]
         merge_radius = max(1, int(round(0.5 * config.nucleus_merge_distance_rbc * self.diameter)))
-        grouped = cv2.dilate(nucleus.astype(np.uint8), _disc(merge_radius))
+        grouped = cv2.dilate(nucleus.astype(np.uint8), disc(merge_radius))
         n_groups, group_labels = cv2.connectedComponents(grouped, connectivity=8)
         group_of = np.zeros(n_fragments, dtype=np.int64)
         group_of[fragment_labels[nucleus]] = group_labels[nucleus]
@@ -435,8 +446,8 @@ class _WorkingField:
             c1 = min(cols, xs.max() + max_margin + 2)
             own_nucleus = group_labels[r0:r1, c0:c1] == group
             hull = _convex_hull(own_nucleus)
-            reach = cv2.dilate(hull.astype(np.uint8), _disc(max_margin)).astype(bool)
-            core = cv2.dilate(hull.astype(np.uint8), _disc(min_margin)).astype(bool) if min_margin else hull
+            reach = cv2.dilate(hull.astype(np.uint8), disc(max_margin)).astype(bool)
+            core = cv2.dilate(hull.astype(np.uint8), disc(min_margin)).astype(bool) if min_margin else hull
             cell = core | (reach & cytoplasm_colour[r0:r1, c0:c1])
             cell = _component_touching(cell, own_nucleus)
             cell = _convex_hull(cell) & reach
@@ -449,12 +460,12 @@ class _WorkingField:
         import cv2
 
         config = self.config
-        candidates = _opened(self.blue_red > config.platelet_blue_red_min)
+        candidates = opened(self.blue_red > config.platelet_blue_red_min)
         core = self.blue_red > config.platelet_core_blue_red_min
         labels = np.zeros(self.shape, dtype=np.int32)
         if nucleus.any():
             exclusion = max(1, int(round(config.platelet_exclusion_rbc * self.diameter)))
-            near_wbc = cv2.dilate(nucleus.astype(np.uint8), _disc(exclusion)).astype(bool)
+            near_wbc = cv2.dilate(nucleus.astype(np.uint8), disc(exclusion)).astype(bool)
         else:
             near_wbc = np.zeros(self.shape, dtype=bool)
         n, blob_labels, stats, _ = cv2.connectedComponentsWithStats(candidates.astype(np.uint8), connectivity=8)
@@ -474,7 +485,7 @@ class _WorkingField:
             if area <= max_area:
                 pieces = [blob_mask]
             else:
-                pieces = _split_clump(blob_mask, 0.5 * math.sqrt(max_area / math.pi))
+                pieces = split_clump(blob_mask, 0.5 * math.sqrt(max_area / math.pi))
             for piece in pieces:
                 if np.count_nonzero(piece) >= min_area:
                     labels[y : y + h, x : x + w][piece] = next_label
@@ -482,7 +493,7 @@ class _WorkingField:
         margin = int(round(config.platelet_margin_rbc * self.diameter))
         if margin and next_label > 1:
             # The purple granules sit inside a paler rim that is part of the platelet.
-            grown = cv2.dilate(labels.astype(np.float32), _disc(margin)).astype(np.int32)
+            grown = cv2.dilate(labels.astype(np.float32), disc(margin)).astype(np.int32)
             labels = np.where((labels == 0) & (wbc_labels == 0), grown, labels)
         return labels
 
@@ -495,7 +506,7 @@ class _WorkingField:
         r0, c0 = max(0, bbox[0] - width - 1), max(0, bbox[1] - width - 1)
         r1, c1 = min(rows, bbox[2] + width + 1), min(cols, bbox[3] + width + 1)
         blob_mask = blob_labels[r0:r1, c0:c1] == blob
-        ring = cv2.dilate(blob_mask.astype(np.uint8), _disc(width)).astype(bool) & ~blob_mask
+        ring = cv2.dilate(blob_mask.astype(np.uint8), disc(width)).astype(bool) & ~blob_mask
         return float(self.foreground[r0:r1, c0:c1][ring].mean()) if ring.any() else 0.0
 
     def red_cells(self, wbc_labels: np.ndarray, platelet_labels: np.ndarray) -> np.ndarray:
@@ -504,16 +515,16 @@ class _WorkingField:
         from skimage.segmentation import watershed
 
         config = self.config
-        taken = cv2.dilate(((wbc_labels > 0) | (platelet_labels > 0)).astype(np.uint8), _disc(1)).astype(bool)
-        foreground = _opened(self.foreground & ~taken)
-        foreground = _fill_small_holes(foreground, config.max_pallor_area_rbc * self.rbc_area)
+        taken = cv2.dilate(((wbc_labels > 0) | (platelet_labels > 0)).astype(np.uint8), disc(1)).astype(bool)
+        foreground = opened(self.foreground & ~taken)
+        foreground = fill_small_holes(foreground, config.max_pallor_area_rbc * self.rbc_area)
         foreground &= ~taken
         response = cv2.filter2D(
             foreground.astype(np.float32), -1, _disc_filter(self.diameter), borderType=cv2.BORDER_REPLICATE
         )
         window = max(3, int(round(config.rbc_peak_window_rbc * self.diameter)) | 1)
         peaks = (
-            (response == cv2.dilate(response, _disc(window // 2)))
+            (response == cv2.dilate(response, disc(window // 2)))
             & (response >= config.min_rbc_disc_response)
             & foreground
         )
@@ -522,15 +533,12 @@ class _WorkingField:
             return np.zeros(self.shape, dtype=np.int32)
         labels = watershed(-response, markers, mask=foreground).astype(np.int32)
         labels, n_labels = self._split_oversized(labels, n_markers)
-        areas = np.bincount(labels.ravel(), minlength=n_labels)
-        on_edge = np.zeros(n_labels, dtype=bool)
-        on_edge[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = True
-        min_area = np.where(on_edge, config.min_border_rbc_area_rbc, config.min_rbc_area_rbc) * self.rbc_area
-        keep = areas >= min_area
-        keep[0] = False
-        relabel = np.zeros(n_labels, dtype=np.int32)
-        relabel[keep] = np.arange(1, int(keep.sum()) + 1)
-        return relabel[labels]
+        return drop_small_regions(
+            labels,
+            n_labels,
+            config.min_rbc_area_rbc * self.rbc_area,
+            config.min_border_rbc_area_rbc * self.rbc_area,
+        )
 
     def _split_oversized(self, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, int]:
         """Split regions larger than ``rbc_split_area_rbc`` into ``area / rbc_split_share_rbc`` parts."""
@@ -590,24 +598,6 @@ def _kmeans_points(points: np.ndarray, n_parts: int, iterations: int = _KMEANS_I
             if len(members):
                 centres[part] = members.mean(axis=0)
     return parts
-
-
-def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 16:
-        raise ValueError(f"image must be an RGB array of shape (M, N, 3) with M, N >= 16. Received: shape={image.shape}")
-    if image.dtype == np.uint8:
-        return image
-    if np.issubdtype(image.dtype, np.floating):
-        if np.nanmin(image) < 0 or np.nanmax(image) > 1:
-            raise ValueError(
-                "a float image must lie in [0, 1]. Received: "
-                f"min={float(np.nanmin(image))}, max={float(np.nanmax(image))}"
-            )
-        from skimage.util import img_as_ubyte
-
-        return img_as_ubyte(image)
-    raise ValueError(f"image must be uint8 or float in [0, 1]. Received: dtype={image.dtype}")
 
 
 @dataclass(frozen=True)
@@ -678,35 +668,11 @@ def _foreground_score(balanced: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ijk,ijk->ij", difference, difference))
 
 
-def _disc(radius: int) -> np.ndarray:
-    import cv2
-
-    radius = max(0, int(radius))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-
-
-def _opened(mask: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, _disc(1)).astype(bool)
-
-
-def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
-    import cv2
-
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
-    rows, cols = mask.shape
-    x, y, w, h, area = (stats[:, k] for k in range(5))
-    fill = (area <= max_area) & (x > 0) & (y > 0) & (x + w < cols) & (y + h < rows)
-    fill[0] = False
-    return mask | fill[labels]
-
-
 def _diameter_from_single_cells(foreground: np.ndarray, not_nucleus: np.ndarray, first_guess: float) -> float | None:
     """Median equivalent diameter of the isolated, convex, nucleus-free blobs near the first guess's size."""
     import cv2
 
-    filled = _fill_small_holes(foreground, _ESTIMATE_SINGLE_HOLE_FRACTION * foreground.size)
+    filled = fill_small_holes(foreground, _ESTIMATE_SINGLE_HOLE_FRACTION * foreground.size)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(filled.astype(np.uint8), connectivity=8)
     rows, cols = foreground.shape
     x, y, w, h, area = (stats[:, k] for k in range(5))
@@ -731,9 +697,9 @@ def _diameter_from_single_cells(foreground: np.ndarray, not_nucleus: np.ndarray,
 def _diameter_from_foreground(foreground: np.ndarray, max_hole_area: float, window: int) -> float | None:
     import cv2
 
-    filled = _fill_small_holes(foreground, max_hole_area)
+    filled = fill_small_holes(foreground, max_hole_area)
     distance = cv2.distanceTransform(filled.astype(np.uint8), cv2.DIST_L2, 5)
-    peak_values = distance[(distance == cv2.dilate(distance, _disc(window // 2))) & (distance >= _MIN_PEAK_DEPTH_PX)]
+    peak_values = distance[(distance == cv2.dilate(distance, disc(window // 2))) & (distance >= _MIN_PEAK_DEPTH_PX)]
     if peak_values.size == 0:
         return None
     deep = peak_values[peak_values >= 0.5 * np.percentile(peak_values, 90)]
@@ -758,70 +724,3 @@ def _component_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     wanted = np.unique(labels[seed & mask])
     wanted = wanted[wanted > 0]
     return np.isin(labels, wanted) | seed
-
-
-def _split_clump(mask: np.ndarray, radius: float) -> list[np.ndarray]:
-    import cv2
-    from skimage.segmentation import watershed
-
-    distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    window = max(1, int(round(radius)))
-    peaks = (distance == cv2.dilate(distance, _disc(window))) & (distance >= 1.0) & mask
-    n, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
-    if n <= 2:
-        return [mask]
-    labels = watershed(-distance, markers, mask=mask)
-    return [labels == k for k in range(1, n)]
-
-
-def _regions(labels: np.ndarray):
-    """(bbox, mask inside bbox) of each labelled region, bbox max-exclusive."""
-    from scipy import ndimage
-
-    for index, slices in enumerate(ndimage.find_objects(labels), start=1):
-        if slices is None:
-            continue
-        rows, cols = slices
-        yield (rows.start, cols.start, rows.stop, cols.stop), labels[slices] == index
-
-
-def _to_field(
-    mask: np.ndarray,
-    bbox: tuple[int, int, int, int],
-    image_shape: tuple[int, int],
-    scale: tuple[float, float],
-) -> tuple[tuple[int, int, int, int], np.ndarray | None]:
-    """Resize a working-resolution region to field pixels and tighten its box."""
-    import cv2
-
-    scale_rows, scale_cols = scale
-    if scale_rows == 1.0 and scale_cols == 1.0:
-        field_bbox, field_mask = bbox, mask
-    else:
-        rows, cols = image_shape
-        r0 = max(0, int(math.floor(bbox[0] / scale_rows)))
-        c0 = max(0, int(math.floor(bbox[1] / scale_cols)))
-        r1 = min(rows, int(math.ceil(bbox[2] / scale_rows)))
-        c1 = min(cols, int(math.ceil(bbox[3] / scale_cols)))
-        resized = cv2.resize(mask.astype(np.float32), (c1 - c0, r1 - r0), interpolation=cv2.INTER_LINEAR)
-        field_bbox, field_mask = (r0, c0, r1, c1), resized >= 0.5
-    if not field_mask.any():
-        return field_bbox, None
-    row_any = np.flatnonzero(field_mask.any(axis=1))
-    col_any = np.flatnonzero(field_mask.any(axis=0))
-    top, bottom, left, right = row_any[0], row_any[-1] + 1, col_any[0], col_any[-1] + 1
-    tight = field_mask[top:bottom, left:right]
-    r0, c0 = field_bbox[0], field_bbox[1]
-    return (r0 + int(top), c0 + int(left), r0 + int(bottom), c0 + int(right)), tight
-
-
-def _make_cell(kind: CellKind, bbox: tuple[int, int, int, int], mask: np.ndarray) -> Cell:
-    rows, cols = np.nonzero(mask)
-    centroid = (float(bbox[0] + rows.mean()), float(bbox[1] + cols.mean()))
-    return Cell(
-        kind=kind,
-        bbox=tuple(int(v) for v in bbox),
-        centroid=centroid,
-        area_px=int(rows.size),
-        mask=np.ascontiguousarray(mask),
-    )

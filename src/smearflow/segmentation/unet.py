@@ -76,7 +76,18 @@ from smearflow.config import SerialisableConfig
 from smearflow.errors import BadModelError
 from smearflow.segmentation import Segmentation
 from smearflow.segmentation.border import apply_border_rule
-from smearflow.types import Cell, CellKind
+from smearflow.segmentation.regions import (
+    as_rgb_uint8,
+    disc,
+    drop_small_regions,
+    fill_small_holes,
+    labelled_regions,
+    make_cell,
+    opened,
+    split_clump,
+    to_field,
+)
+from smearflow.types import Cell
 
 __all__ = [
     "CHANNELS",
@@ -693,7 +704,7 @@ class UNetSegmenter:
 
         from smearflow.segmentation.classical import estimate_rbc_diameter_px
 
-        image = _as_rgb_uint8(image)
+        image = as_rgb_uint8(image)
         rbc_diameter_px = self.rbc_diameter_px
         if rbc_diameter_px is None:
             rbc_diameter_px = estimate_rbc_diameter_px(image)
@@ -766,22 +777,6 @@ class UNetSegmenter:
         else:
             output = output[0]
         return np.ascontiguousarray(output[:rows, :cols], dtype=np.float32)
-
-
-def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 16:
-        raise ValueError(f"image must be an RGB array of shape (M, N, 3) with M, N >= 16. Received: shape={image.shape}")
-    if image.dtype == np.uint8:
-        return image
-    if np.issubdtype(image.dtype, np.floating):
-        low, high = float(np.nanmin(image)), float(np.nanmax(image))
-        if low < 0 or high > 1:
-            raise ValueError(f"a float image must lie in [0, 1]. Received: min={low}, max={high}")
-        from skimage.util import img_as_ubyte
-
-        return img_as_ubyte(image)
-    raise ValueError(f"image must be uint8 or float in [0, 1]. Received: dtype={image.dtype}")
 
 
 def _load_network(folder: UNetModelFolder):
@@ -868,7 +863,7 @@ def cells_from_probabilities(
     cell_any = (field_channels[..., 1] >= thresholds.wbc) | nucleus
     wbc_labels = _white_cells(cell_any, nucleus, rbc_diameter_px, post)
     # Chromatin texture leaves pinholes in the predicted nucleus; a nucleus is solid.
-    nucleus_mask = _fill_small_holes(nucleus & (wbc_labels > 0), post.max_nucleus_hole_area_rbc * _rbc_area(rbc_diameter_px))
+    nucleus_mask = fill_small_holes(nucleus & (wbc_labels > 0), post.max_nucleus_hole_area_rbc * _rbc_area(rbc_diameter_px))
     nucleus_mask &= wbc_labels > 0
     platelet_labels = _platelets(field_channels[..., 2] >= thresholds.platelet, wbc_labels, rbc_diameter_px, post)
 
@@ -882,12 +877,12 @@ def cells_from_probabilities(
 
     cells: list[Cell] = []
     for kind, labels in (("wbc", wbc_labels), ("platelet", platelet_labels)):
-        for bbox, mask in _regions(labels):
-            cells.append(_make_cell(kind, bbox, mask))
-    for work_bbox, work_mask in _regions(rbc_labels):
-        bbox, mask = _to_field(work_mask, work_bbox, (rows, cols), (scale_rows, scale_cols))
+        for bbox, mask in labelled_regions(labels):
+            cells.append(make_cell(kind, bbox, mask))
+    for work_bbox, work_mask in labelled_regions(rbc_labels):
+        bbox, mask = to_field(work_mask, work_bbox, (rows, cols), (scale_rows, scale_cols))
         if mask is not None:
-            cells.append(_make_cell("rbc", bbox, mask))
+            cells.append(make_cell("rbc", bbox, mask))
     return Segmentation(
         cells=apply_border_rule(cells, (rows, cols), rbc_diameter_px),
         rbc_diameter_px=float(rbc_diameter_px),
@@ -920,7 +915,7 @@ def _white_cells(cell_any: np.ndarray, nucleus: np.ndarray, diameter: float, pos
         if np.count_nonzero(own_nucleus) < min_nucleus or np.count_nonzero(component) < min_cell:
             continue
         component = ndimage.binary_fill_holes(component)
-        grouped = cv2.dilate(own_nucleus.astype(np.uint8), _disc(merge_radius)).astype(bool) & component
+        grouped = cv2.dilate(own_nucleus.astype(np.uint8), disc(merge_radius)).astype(bool) & component
         n_groups, groups = cv2.connectedComponents(grouped.astype(np.uint8), connectivity=8)
         groups = np.where(own_nucleus, groups, 0)
         group_area = np.bincount(groups.ravel(), minlength=n_groups)
@@ -955,7 +950,7 @@ def _platelets(candidates: np.ndarray, wbc_labels: np.ndarray, diameter: float, 
     exclusion = int(round(post.platelet_exclusion_rbc * diameter))
     near_wbc = wbc_labels > 0
     if exclusion > 0 and near_wbc.any():
-        near_wbc = cv2.dilate(near_wbc.astype(np.uint8), _disc(exclusion)).astype(bool)
+        near_wbc = cv2.dilate(near_wbc.astype(np.uint8), disc(exclusion)).astype(bool)
     min_area = post.min_platelet_area_rbc * _rbc_area(diameter)
     max_area = post.max_platelet_area_rbc * _rbc_area(diameter)
     _, blobs = cv2.connectedComponents(candidates.astype(np.uint8), connectivity=8)
@@ -967,7 +962,7 @@ def _platelets(candidates: np.ndarray, wbc_labels: np.ndarray, diameter: float, 
         area = np.count_nonzero(blob)
         if area < min_area or (near_wbc[slices] & blob).any():
             continue
-        pieces = [blob] if area <= max_area else _split_clump(blob, 0.5 * math.sqrt(max_area / math.pi))
+        pieces = [blob] if area <= max_area else split_clump(blob, 0.5 * math.sqrt(max_area / math.pi))
         for piece in pieces:
             if np.count_nonzero(piece) >= min_area:
                 labels[slices][piece] = next_label
@@ -984,106 +979,15 @@ def _red_cells(red: np.ndarray, diameter: float, post: UNetPostprocess) -> np.nd
     if not red.any():
         return np.zeros(labels_shape, dtype=np.int32)
     area = _rbc_area(diameter)
-    foreground = cv2.morphologyEx(red.astype(np.uint8), cv2.MORPH_OPEN, _disc(1)).astype(bool)
-    foreground = _fill_small_holes(foreground, post.max_pallor_area_rbc * area)
+    foreground = opened(red)
+    foreground = fill_small_holes(foreground, post.max_pallor_area_rbc * area)
     distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
     window = max(3, int(round(post.rbc_peak_window_rbc * diameter)) | 1)
-    peaks = (distance == cv2.dilate(distance, _disc(window // 2))) & (
+    peaks = (distance == cv2.dilate(distance, disc(window // 2))) & (
         distance >= max(_MIN_PEAK_DEPTH_PX, post.min_rbc_peak_rbc * diameter)
     )
     n_markers, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
     if n_markers <= 1:
         return np.zeros(labels_shape, dtype=np.int32)
     labels = watershed(-distance, markers, mask=foreground).astype(np.int32)
-    areas = np.bincount(labels.ravel(), minlength=n_markers)
-    on_edge = np.zeros(n_markers, dtype=bool)
-    on_edge[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = True
-    min_area = np.where(on_edge, post.min_border_rbc_area_rbc, post.min_rbc_area_rbc) * area
-    keep = areas >= min_area
-    keep[0] = False
-    relabel = np.zeros(n_markers, dtype=np.int32)
-    relabel[keep] = np.arange(1, int(keep.sum()) + 1)
-    return relabel[labels]
-
-
-def _disc(radius: int) -> np.ndarray:
-    import cv2
-
-    radius = max(0, int(radius))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-
-
-def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
-    import cv2
-
-    _, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
-    rows, cols = mask.shape
-    x, y, w, h, area = (stats[:, k] for k in range(5))
-    fill = (area <= max_area) & (x > 0) & (y > 0) & (x + w < cols) & (y + h < rows)
-    fill[0] = False
-    return mask | fill[labels]
-
-
-def _split_clump(mask: np.ndarray, radius: float) -> list[np.ndarray]:
-    import cv2
-    from skimage.segmentation import watershed
-
-    distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    window = max(1, int(round(radius)))
-    peaks = (distance == cv2.dilate(distance, _disc(window))) & (distance >= 1.0) & mask
-    n, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
-    if n <= 2:
-        return [mask]
-    labels = watershed(-distance, markers, mask=mask)
-    return [labels == k for k in range(1, n)]
-
-
-def _regions(labels: np.ndarray):
-    """(bbox, mask inside bbox) of each labelled region, bbox max-exclusive."""
-    from scipy import ndimage
-
-    for index, slices in enumerate(ndimage.find_objects(labels), start=1):
-        if slices is None:
-            continue
-        rows, cols = slices
-        yield (rows.start, cols.start, rows.stop, cols.stop), labels[slices] == index
-
-
-def _to_field(
-    mask: np.ndarray,
-    bbox: tuple[int, int, int, int],
-    image_shape: tuple[int, int],
-    scale: tuple[float, float],
-) -> tuple[tuple[int, int, int, int], np.ndarray | None]:
-    """Resize a working-resolution region to field pixels and tighten its box."""
-    import cv2
-
-    scale_rows, scale_cols = scale
-    if scale_rows == 1.0 and scale_cols == 1.0:
-        field_bbox, field_mask = bbox, mask
-    else:
-        rows, cols = image_shape
-        r0 = max(0, int(math.floor(bbox[0] / scale_rows)))
-        c0 = max(0, int(math.floor(bbox[1] / scale_cols)))
-        r1 = min(rows, int(math.ceil(bbox[2] / scale_rows)))
-        c1 = min(cols, int(math.ceil(bbox[3] / scale_cols)))
-        resized = cv2.resize(mask.astype(np.float32), (c1 - c0, r1 - r0), interpolation=cv2.INTER_LINEAR)
-        field_bbox, field_mask = (r0, c0, r1, c1), resized >= 0.5
-    if not field_mask.any():
-        return field_bbox, None
-    row_any = np.flatnonzero(field_mask.any(axis=1))
-    col_any = np.flatnonzero(field_mask.any(axis=0))
-    top, bottom, left, right = row_any[0], row_any[-1] + 1, col_any[0], col_any[-1] + 1
-    r0, c0 = field_bbox[0], field_bbox[1]
-    return (r0 + int(top), c0 + int(left), r0 + int(bottom), c0 + int(right)), field_mask[top:bottom, left:right]
-
-
-def _make_cell(kind: CellKind, bbox: tuple[int, int, int, int], mask: np.ndarray) -> Cell:
-    rows, cols = np.nonzero(mask)
-    return Cell(
-        kind=kind,
-        bbox=tuple(int(v) for v in bbox),
-        centroid=(float(bbox[0] + rows.mean()), float(bbox[1] + cols.mean())),
-        area_px=int(rows.size),
-        mask=np.ascontiguousarray(mask),
-    )
+    return drop_small_regions(labels, n_markers, post.min_rbc_area_rbc * area, post.min_border_rbc_area_rbc * area)

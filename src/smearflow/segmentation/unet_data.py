@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from smearflow.errors import BadDatasetError
+from smearflow.segmentation.regions import fill_small_holes
 from smearflow.segmentation.unet import CHANNELS, normalise_field
 
 __all__ = [
@@ -216,7 +217,7 @@ def background_mask(image_normalised: np.ndarray, rbc_diameter_px: float) -> np.
     balanced = image_normalised * 1.25
     score = np.sqrt(np.sum((1.0 - np.minimum(balanced, 1.5)) ** 2, axis=-1))
     stained = score > _BACKGROUND_MAX_SCORE
-    stained = _fill_holes_up_to(stained, _PALLOR_AREA_RBC * math.pi * rbc_diameter_px**2 / 4.0)
+    stained = fill_small_holes(stained, _PALLOR_AREA_RBC * math.pi * rbc_diameter_px**2 / 4.0)
     margin = max(1, int(round(_BACKGROUND_MARGIN_RBC * rbc_diameter_px)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
     near_stain = cv2.dilate(stained.astype(np.uint8), kernel).astype(bool)
@@ -297,17 +298,6 @@ def rbc_diameter_from_boxes(boxes: Iterable[tuple[int, int, int, int]]) -> float
     if len(sides) < _MIN_RBC_BOXES:
         return None
     return float(np.median(sides))
-
-
-def _fill_holes_up_to(mask: np.ndarray, max_area: float) -> np.ndarray:
-    import cv2
-
-    _, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
-    rows, cols = mask.shape
-    x, y, w, h, area = (stats[:, k] for k in range(5))
-    fill = (area <= max_area) & (x > 0) & (y > 0) & (x + w < cols) & (y + h < rows)
-    fill[0] = False
-    return mask | fill[labels]
 
 
 def _working_scale(rbc_diameter_px: float, working_rbc_diameter_px: float, max_upscale: float) -> float:
