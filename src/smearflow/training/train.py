@@ -56,7 +56,7 @@ class TrainConfig(SerialisableConfig):
 
     architecture: str = "cnn"
     image_size: int = 64
-    epochs: int = 18
+    epochs: int = 28
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
