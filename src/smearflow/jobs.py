@@ -8,6 +8,7 @@ previous results atomically and a failure never deletes what was stored.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def analyze_folder(
         logger.warning("%s", error)
         return failed_slide_result(folder, str(error), slide_id)
     if slide_id is not None and slide_id != info.slide_id:
-        info = SlideInfo(**{**info.__dict__, "slide_id": slide_id})
+        info = dataclasses.replace(info, slide_id=slide_id)
     return analyzer.analyze(info, on_field=on_field)
 
 
