@@ -25,7 +25,6 @@ from smearflow.commands.common import (
     stdout_console,
 )
 
-_open_database = open_database  # older name, kept for command modules written against it
 
 app = typer.Typer(
     help="Blood-smear slide folders in, white-cell differential counts out.",

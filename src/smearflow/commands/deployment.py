@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from smearflow.cli import DatabaseUrl, JsonFlag, _open_database, stderr_console, stdout_console
+from smearflow.commands.common import DatabaseUrl, JsonFlag, open_database, stderr_console, stdout_console
 
 LogLevel = Annotated[str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WARNING or ERROR.")]
 
@@ -137,7 +137,7 @@ def watch(
     from smearflow.worker.enqueue import celery_sender, enqueue_slide_folder
     from smearflow.worker.watcher import InboxScanner, InboxWatcher
 
-    _, factory = _open_database(database_url)
+    _, factory = open_database(database_url)
     send = celery_sender(celery_app)
 
     def take(folder: Path):
@@ -177,7 +177,7 @@ def enqueue(
     from smearflow.errors import TransientError
     from smearflow.worker.enqueue import celery_sender, enqueue_slide_folder
 
-    _, factory = _open_database(database_url)
+    _, factory = open_database(database_url)
     send = celery_sender(celery_app)
     rows, failed = [], False
     for path in paths:
@@ -218,7 +218,7 @@ def status(
     from smearflow.db import repository
     from smearflow.db.engine import session_scope
 
-    _, factory = _open_database(database_url)
+    _, factory = open_database(database_url)
     with session_scope(factory) as session:
         summary = repository.status_summary(session)
     if limit > 0:
@@ -248,7 +248,7 @@ def models_list(database_url: DatabaseUrl = None, as_json: JsonFlag = False):
     from smearflow.db import repository
     from smearflow.db.engine import session_scope
 
-    _, factory = _open_database(database_url)
+    _, factory = open_database(database_url)
     with session_scope(factory) as session:
         rows = [
             {
@@ -301,7 +301,7 @@ def models_register(
     from smearflow.errors import BadModelError
     from smearflow.worker.nightly import register_model_folder
 
-    _, factory = _open_database(database_url)
+    _, factory = open_database(database_url)
     try:
         with session_scope(factory) as session:
             version = register_model_folder(session, path)
@@ -325,7 +325,7 @@ def models_activate(
     from smearflow.db import repository
     from smearflow.db.engine import session_scope
 
-    _, factory = _open_database(database_url)
+    _, factory = open_database(database_url)
     try:
         with session_scope(factory) as session:
             repository.activate_model_version(session, name)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from smearflow.cli import DatabaseUrl, JsonFlag, ModelDir, stderr_console, stdout_console
+from smearflow.commands.common import DatabaseUrl, JsonFlag, ModelDir, stderr_console, stdout_console
 
 logger = logging.getLogger(__name__)
 
@@ -314,11 +314,11 @@ class DatabaseRecorder:
         return session_scope(self.factory)
 
     def start(self) -> None:
-        from smearflow.cli import _open_database
+        from smearflow.commands.common import open_database
         from smearflow.db import repository
         from smearflow.db.models import BenchmarkRun
 
-        _, self.factory = _open_database(self.database_url)
+        _, self.factory = open_database(self.database_url)
         marker = self.run_folder / "database_run.json"
         with self._session() as session:
             if marker.is_file():
