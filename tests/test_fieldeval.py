@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -5,9 +8,10 @@ from typer.testing import CliRunner
 from smearflow.cli import app
 from smearflow.config import PipelineConfig
 from smearflow.errors import BadDatasetError
-from smearflow.fieldeval import evaluate_fields, read_field_labels
+from smearflow.fieldeval import evaluate_fields, export_field_crops, read_field_labels
 from smearflow.imageio import write_rgb
 from smearflow.jobs import Analyzer
+from smearflow.segmentation import Segmentation
 from smearflow_testkit import ColumnClassifier, PlantedSegmenter, planted_cell as _cell
 
 
@@ -68,3 +72,67 @@ def test_command_rejects_an_unknown_subset(tmp_path):
 def test_command_reports_a_missing_label_file(tmp_path):
     result = CliRunner().invoke(app, ["evaluate-fields", str(tmp_path), "--labels", str(tmp_path / "none.csv")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+class _CellsByBrightness:
+    """Finds as many white cells as the field's grey level says (0, 1 or 2), plus a red cell."""
+
+    def segment(self, image):
+        n_wbc = int(image[0, 0, 0]) // 100
+        cells = [_cell("wbc", 20 + 20 * k, 30) for k in range(n_wbc)] + [_cell("rbc", 50, 50)]
+        return Segmentation(cells=tuple(cells), rbc_diameter_px=10.0, image_shape=image.shape[:2])
+
+
+def test_export_field_crops_writes_one_crop_per_single_cell_field(tmp_path):
+    fields = tmp_path / "fields"
+    for name, grey in (("a.jpg", 100), ("b.jpg", 10), ("c.jpg", 200), ("d.jpg", 100)):
+        write_rgb(fields / name, np.full((80, 80, 3), grey, np.uint8))
+    (fields / "e.jpg").write_text("broken")
+    labels = {"a.jpg": "neutrophil", "b.jpg": "monocyte", "c.jpg": "lymphocyte", "d.jpg": "neutrophil"}
+    labels["e.jpg"] = "eosinophil"
+    report = export_field_crops(fields, labels, _CellsByBrightness(), tmp_path / "crops", PipelineConfig())
+    assert report["written"] == {"neutrophil": 2}
+    assert report["skipped_fields"] == {"no white cell": 1, "several white cells": 1, "unreadable": 1}
+    crops = sorted((tmp_path / "crops").rglob("*.png"))
+    assert [p.relative_to(tmp_path / "crops").as_posix() for p in crops] == ["neutrophil/a.png", "neutrophil/d.png"]
+    from smearflow.imageio import read_rgb
+
+    assert read_rgb(crops[0]).shape == (224, 224, 3)
+
+
+def test_export_field_crops_keeps_to_the_named_subset(tmp_path):
+    write_rgb(tmp_path / "a.jpg", np.full((80, 80, 3), 100, np.uint8))
+    write_rgb(tmp_path / "b.jpg", np.full((80, 80, 3), 100, np.uint8))
+    labels = {"a.jpg": "neutrophil", "b.jpg": "monocyte"}
+    report = export_field_crops(tmp_path, labels, _CellsByBrightness(), tmp_path / "crops", names=["b.jpg"])
+    assert report["written"] == {"monocyte": 1}
+    with pytest.raises(BadDatasetError, match="no labelled image to export"):
+        export_field_crops(tmp_path, labels, _CellsByBrightness(), tmp_path / "crops", names=["z.jpg"])
+
+
+def test_export_crops_command_writes_the_tuning_part(tmp_path, monkeypatch):
+    import smearflow.segmentation as segmentation
+
+    fields = tmp_path / "fields"
+    names = [f"f{i}.jpg" for i in range(10)]
+    for name in names:
+        write_rgb(fields / name, np.full((80, 80, 3), 100, np.uint8))
+    (tmp_path / "c.csv").write_text("image,kaggle_wbc_category\n" + "".join(f"{n},NEUTROPHIL\n" for n in names))
+    monkeypatch.setattr(segmentation, "make_segmenter", lambda name, **kwargs: _CellsByBrightness())
+    out = tmp_path / "crops"
+    args = ["export-crops", str(fields), "--labels", str(tmp_path / "c.csv"), "--out", str(out), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    from smearflow.segeval import holdout_split
+
+    tuning, _ = holdout_split(Path(n).stem for n in names)
+    assert sorted(p.stem for p in out.rglob("*.png")) == sorted(tuning)
+    assert json.loads(result.output)["written"] == {"neutrophil": len(tuning)}
+
+
+def test_export_crops_command_errors(tmp_path):
+    missing = CliRunner().invoke(app, ["export-crops", str(tmp_path), "--labels", str(tmp_path / "no.csv"), "--out", "x"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    (tmp_path / "c.csv").write_text("image,kaggle_wbc_category\n")
+    empty = CliRunner().invoke(app, ["export-crops", str(tmp_path), "--labels", str(tmp_path / "c.csv"), "--out", "x"])
+    assert empty.exit_code == 2 and "no labelled image" in " ".join(empty.output.split())

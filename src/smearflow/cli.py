@@ -241,39 +241,53 @@ def demo(
     analyze(slides, database_url=database_url, model=model, as_json=as_json)
 
 
-@app.command("evaluate-fields")
-def evaluate_fields_command(
-    images: Annotated[Path, typer.Argument(help="Folder of whole-field images.")],
-    labels: Annotated[Path, typer.Option("--labels", help="CSV naming each image's white-cell class.")],
-    image_column: Annotated[str, typer.Option(help="CSV column with the image file name.")] = "image",
-    label_column: Annotated[str, typer.Option(help="CSV column with the class.")] = "kaggle_wbc_category",
-    subset: Annotated[str, typer.Option(help="heldout, tuning or all (the segmentation hold-out split).")] = "all",
-    model: ModelDir = None,
-    segmenter: Annotated[str, typer.Option(help="classical or unet.")] = "classical",
-    as_json: JsonFlag = False,
-):
-    """Analyse labelled whole fields and report how often the class found matches the label."""
-    from smearflow.config import PipelineConfig
+SubsetOption = Annotated[str, typer.Option(help="heldout, tuning or all (the segmentation hold-out split).")]
+ImageColumn = Annotated[str, typer.Option(help="CSV column with the image file name.")]
+LabelColumn = Annotated[str, typer.Option(help="CSV column with the class.")]
+SegmenterOption = Annotated[str, typer.Option(help="classical or unet.")]
+
+
+def _labelled_fields(labels: Path, image_column: str, label_column: str, subset: str):
+    """The labels read from ``labels`` and the image names of ``subset`` (None: all)."""
     from smearflow.errors import PermanentError
-    from smearflow.fieldeval import evaluate_fields, read_field_labels
-    from smearflow.jobs import Analyzer
+    from smearflow.fieldeval import read_field_labels
     from smearflow.segeval import holdout_split
 
     if subset not in ("heldout", "tuning", "all"):
         raise fail(f"--subset must be heldout, tuning or all. Received: {subset!r}")
     try:
         wanted = read_field_labels(labels, image_column, label_column)
-        analyzer = Analyzer.load(model, PipelineConfig(segmenter=segmenter))
-    except (PermanentError, ValueError) as error:
-        raise fail(str(error)) from None
-    names = None
-    if subset != "all":
-        stems = {Path(name).stem: name for name in wanted}
-        tuning, held_out = holdout_split(stems)
-        names = [stems[stem] for stem in (held_out if subset == "heldout" else tuning)]
-    try:
-        report = evaluate_fields(images, wanted, analyzer, names=names)
     except PermanentError as error:
+        raise fail(str(error)) from None
+    if subset == "all":
+        return wanted, None
+    stems = {Path(name).stem: name for name in wanted}
+    tuning, held_out = holdout_split(stems)
+    return wanted, [stems[stem] for stem in (held_out if subset == "heldout" else tuning)]
+
+
+@app.command("evaluate-fields")
+def evaluate_fields_command(
+    images: Annotated[Path, typer.Argument(help="Folder of whole-field images.")],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV naming each image's white-cell class.")],
+    image_column: ImageColumn = "image",
+    label_column: LabelColumn = "kaggle_wbc_category",
+    subset: SubsetOption = "all",
+    model: ModelDir = None,
+    segmenter: SegmenterOption = "classical",
+    as_json: JsonFlag = False,
+):
+    """Analyse labelled whole fields and report how often the class found matches the label."""
+    from smearflow.config import PipelineConfig
+    from smearflow.errors import PermanentError
+    from smearflow.fieldeval import evaluate_fields
+    from smearflow.jobs import Analyzer
+
+    wanted, names = _labelled_fields(labels, image_column, label_column, subset)
+    try:
+        analyzer = Analyzer.load(model, PipelineConfig(segmenter=segmenter))
+        report = evaluate_fields(images, wanted, analyzer, names=names)
+    except (PermanentError, ValueError) as error:
         raise fail(str(error)) from None
     report["subset"] = subset
     if as_json:
@@ -287,6 +301,40 @@ def evaluate_fields_command(
     )
     for label, row in report["per_label"].items():
         console.print(f"  {label:<11} {row['fields']:>4} fields -> {row['predicted']}", highlight=False)
+
+
+@app.command("export-crops")
+def export_crops_command(
+    images: Annotated[Path, typer.Argument(help="Folder of whole-field images.")],
+    out: Annotated[Path, typer.Option("--out", help="Class-folder dataset to write.")],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV naming each image's white-cell class.")],
+    image_column: ImageColumn = "image",
+    label_column: LabelColumn = "kaggle_wbc_category",
+    subset: SubsetOption = "tuning",
+    segmenter: SegmenterOption = "classical",
+    as_json: JsonFlag = False,
+):
+    """Write the white-cell crops of labelled fields as a class-folder dataset (for train --extra-data)."""
+    from smearflow.config import PipelineConfig
+    from smearflow.errors import PermanentError
+    from smearflow.fieldeval import export_field_crops
+    from smearflow.segmentation import make_segmenter
+
+    wanted, names = _labelled_fields(labels, image_column, label_column, subset)
+    try:
+        config = PipelineConfig(segmenter=segmenter)
+        report = export_field_crops(images, wanted, make_segmenter(config.segmenter), out, config, names=names)
+    except (PermanentError, ValueError) as error:
+        raise fail(str(error)) from None
+    report["subset"] = subset
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    stdout_console().print(
+        f"wrote {sum(report['written'].values())} crops to {out}: {report['written']}; "
+        f"fields skipped: {report['skipped_fields']}",
+        highlight=False,
+    )
 
 
 def _register_command_modules() -> None:

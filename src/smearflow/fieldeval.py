@@ -106,3 +106,76 @@ def evaluate_fields(images_dir: str | Path, labels: dict[str, str], analyzer, na
         },
         "ms_per_field": 1000 * seconds[len(seconds) // 2] if seconds else None,
     }
+
+
+def export_field_crops(
+    images_dir: str | Path, labels: dict[str, str], segmenter, out_dir: str | Path, config=None, names=None
+) -> dict:
+    """Write the white-cell crops of labelled fields as a class-folder dataset.
+
+    A laboratory whose microscope differs from the training images' one
+    (another stain, camera or objective) can label whole fields by the type
+    of their white cell and train on the crops smearflow itself would
+    classify (``smearflow train --extra-data``). Only fields where exactly one
+    counted white cell is found are used, so that the field's label is that
+    cell's label; the others are counted in ``skipped_fields``.
+
+    Parameters
+    ----------
+    images_dir : str or Path
+        Folder holding the field images named in ``labels``.
+    labels : dict
+        Image name → class (from :func:`read_field_labels`).
+    segmenter : Segmenter
+        Anything with ``segment(image) -> Segmentation``.
+    out_dir : str or Path
+        Receives ``<class>/<image stem>.png``.
+    config : PipelineConfig, optional
+        Crop geometry and visibility rule; default ``PipelineConfig()``.
+    names : iterable of str, optional
+        Restrict to these image names (the tuning part of a split).
+
+    Returns
+    -------
+    dict
+        ``written`` (class → crops), ``skipped_fields`` (reason → fields).
+
+    Raises
+    ------
+    BadDatasetError
+        When no labelled image is chosen.
+    """
+    from PIL import Image
+
+    from smearflow.config import PipelineConfig
+    from smearflow.imageio import read_rgb
+    from smearflow.pipeline import cells_to_classify
+    from smearflow.segmentation.crops import crop_cells, crop_side_px
+
+    config = config or PipelineConfig()
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    chosen = sorted(labels if names is None else set(names) & set(labels))
+    if not chosen:
+        raise BadDatasetError(f"{images_dir}: no labelled image to export")
+    written: Counter = Counter()
+    skipped: Counter = Counter()
+    for name in chosen:
+        try:
+            image = read_rgb(images_dir / name)
+        except BadImageError as error:
+            logger.warning("skipping %s", error)
+            skipped["unreadable"] += 1
+            continue
+        segmentation = segmenter.segment(image)
+        wbcs = [segmentation.cells[i] for i in cells_to_classify(segmentation.cells, config)]
+        wbcs = [cell for cell in wbcs if cell.kind == "wbc"]
+        if len(wbcs) != 1:
+            skipped["no white cell" if not wbcs else "several white cells"] += 1
+            continue
+        side_px = crop_side_px(segmentation.rbc_diameter_px, config.crop.crop_side_rbc_diameters)
+        crop = crop_cells(image, wbcs, side_px, config.crop.crop_size_px)[0]
+        folder = out_dir / labels[name]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop).save(folder / f"{Path(name).stem}.png")
+        written[labels[name]] += 1
+    return {"written": dict(sorted(written.items())), "skipped_fields": dict(skipped)}

@@ -5,7 +5,7 @@ import pytest
 
 from smearflow_testkit import write_class_folders
 from smearflow.errors import BadDatasetError
-from smearflow.training.data import augment, batches, scan_class_folders, stratified_holdout
+from smearflow.training.data import augment, batches, concatenate_datasets, scan_class_folders, stratified_holdout
 
 
 def test_scan_lists_classes_in_sorted_order(tmp_path):
@@ -149,3 +149,21 @@ def test_shared_decode_cache_is_keyed_by_path_and_size(tmp_path):
 def test_augment_shrinks_after_warping():
     image = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
     assert augment(image, np.random.default_rng(1), out_size_px=24).shape == (24, 24, 3)
+
+
+def test_extra_data_may_hold_some_classes_only(tmp_path):
+    write_class_folders(tmp_path, classes=("b",), per_class=2)
+    dataset = scan_class_folders(tmp_path, ("a", "b", "c"), allow_missing=True)
+    assert dataset.classes == ("a", "b", "c") and dataset.labels.tolist() == [1, 1]
+    with pytest.raises(BadDatasetError, match=r"none of the classes \['x', 'y'\] has a folder"):
+        scan_class_folders(tmp_path, ("x", "y"), allow_missing=True)
+
+
+def test_concatenate_datasets(tmp_path):
+    first = scan_class_folders(write_class_folders(tmp_path / "one", per_class=2))
+    second = scan_class_folders(write_class_folders(tmp_path / "two", classes=("c",), per_class=1), ("a", "b", "c"), allow_missing=True)
+    joined = concatenate_datasets(first, second)
+    assert len(joined) == 7 and joined.labels.tolist() == [0, 0, 1, 1, 2, 2, 2]
+    assert joined.paths[-1] == second.paths[0] and joined.root == first.root
+    with pytest.raises(ValueError, match="different classes"):
+        concatenate_datasets(first, scan_class_folders(tmp_path / "two"))

@@ -6,7 +6,7 @@ import pytest
 from smearflow_testkit import write_class_folders
 from smearflow.classifier.classifier import Classifier
 from smearflow.training.architectures import build_model, get_architecture
-from smearflow.training.train import TrainConfig, balanced_class_weights, train_classifier
+from smearflow.training.train import TrainConfig, balanced_class_weights, images_trained_on, train_classifier
 
 
 def test_train_writes_a_loadable_model_folder_with_honest_splits(tmp_path):
@@ -218,3 +218,62 @@ def test_batch_norm_recalibration_sets_statistics_of_plain_images(tmp_path):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen_bn.moving_mean), frozen_before)
     assert first_bn.momentum == 0.99  # restored
     assert recalibrate_batch_norm(model, dataset, 32, n_images=0) == 0
+
+
+def _tiny_config(**overrides):
+    base = dict(image_size=32, epochs=1, batch_size=8, test_fraction=0.25, arch_params={"filters": (4, 8)})
+    return TrainConfig(**(base | overrides))
+
+
+def test_fine_tuning_starts_from_the_initial_weights_and_adds_extra_images(tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=8, size=32)
+    extra = write_class_folders(tmp_path / "extra", classes=("b",), per_class=3, size=32, seed=1)
+    base = train_classifier(data, tmp_path / "base", _tiny_config())
+    config = _tiny_config(init_model=str(base.path), extra_data=str(extra), extra_repeat=4, learning_rate=1e-9)
+    tuned = train_classifier(data, tmp_path / "tuned", config)
+    start = Classifier.load(base.path).model.get_weights()
+    end = Classifier.load(tuned.path).model.get_weights()
+    # A learning rate of 1e-9 leaves the weights where the initial model had them.
+    for got, want in zip(end[:2], start[:2]):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    splits = json.loads((tmp_path / "tuned" / "splits.json").read_text())
+    assert splits["extra"] == ["b/b_0.png", "b/b_1.png", "b/b_2.png"]
+    assert splits["earlier_train"] == []  # same split: every earlier training image is in "train"
+    assert images_trained_on(tuned.path) == set(json.loads((tmp_path / "base" / "splits.json").read_text())["train"])
+    assert not images_trained_on(tuned.path) & set(splits["test"])
+    assert tuned.metrics["extra_train_images"] == 3 and tuned.metrics["train_images"] == 18
+
+
+def test_fine_tuning_refuses_a_test_split_the_initial_model_trained_on(tmp_path):
+    from smearflow.errors import BadDatasetError
+
+    data = write_class_folders(tmp_path / "data", per_class=8, size=32)
+    base = train_classifier(data, tmp_path / "base", _tiny_config())
+    with pytest.raises(BadDatasetError, match="of this run's test images trained the initial model"):
+        train_classifier(data, tmp_path / "tuned", _tiny_config(init_model=str(base.path), seed=7))
+
+
+def test_fine_tuning_refuses_a_different_model(tmp_path):
+    from smearflow.errors import BadModelError
+
+    data = write_class_folders(tmp_path / "data", per_class=8, size=32)
+    base = train_classifier(data, tmp_path / "base", _tiny_config())
+    with pytest.raises(BadModelError, match=r"the initial model has image size 32, this run 40"):
+        train_classifier(data, tmp_path / "t1", _tiny_config(init_model=str(base.path), image_size=40))
+    other = write_class_folders(tmp_path / "other", classes=("a", "b", "d"), per_class=8, size=32)
+    with pytest.raises(BadModelError, match=r"has classes \['a', 'b', 'c'\], this run \['a', 'b', 'd'\]"):
+        train_classifier(other, tmp_path / "t2", _tiny_config(init_model=str(base.path)))
+
+
+def test_fine_tuning_without_a_split_record_warns(tmp_path, caplog):
+    data = write_class_folders(tmp_path / "data", per_class=8, size=32)
+    base = train_classifier(data, tmp_path / "base", _tiny_config())
+    (base.path / "splits.json").unlink()
+    train_classifier(data, tmp_path / "tuned", _tiny_config(init_model=str(base.path)))
+    assert "cannot check that the test images did not train it" in caplog.text
+    assert json.loads((tmp_path / "tuned" / "splits.json").read_text())["earlier_train"] is None
+
+
+def test_extra_repeat_is_validated():
+    with pytest.raises(ValueError, match="extra_repeat must be at least 1. Received: extra_repeat=0"):
+        TrainConfig(extra_repeat=0)

@@ -99,10 +99,19 @@ def train(
     fine_tune_learning_rate: Annotated[
         Optional[float], typer.Option(help="Learning rate after the frozen epochs (default learning rate / 10).")
     ] = None,
+    class_weight: Annotated[Optional[str], typer.Option(help="balanced or none.")] = None,
+    init_model: Annotated[
+        Optional[Path], typer.Option(help="Model folder to start from (fine-tuning); same architecture and size.")
+    ] = None,
+    extra_data: Annotated[
+        Optional[Path], typer.Option(help="Class folders added to the training images only (e.g. export-crops).")
+    ] = None,
+    extra_repeat: Annotated[Optional[int], typer.Option(help="Times each extra image is seen per epoch.")] = None,
 ):
     """Train a classifier and save it as a model folder usable by ``analyze --model``.
 
-    With no options this reproduces the packaged default model.
+    With no options this trains the base of the packaged default model; the
+    README gives the fine-tuning command that completes it.
     """
     from rich.progress import Progress
 
@@ -118,6 +127,10 @@ def train(
         "freeze_backbone_epochs": freeze_backbone_epochs,
         "fine_tune_learning_rate": fine_tune_learning_rate,
         "weights": parse_weights(weights) or None,
+        "class_weight": class_weight,
+        "init_model": None if init_model is None else str(init_model),
+        "extra_data": None if extra_data is None else str(extra_data),
+        "extra_repeat": extra_repeat,
     }
     try:
         from smearflow.training.architectures import get_architecture

@@ -38,7 +38,9 @@ class ImageDataset:
         return {c: int(np.sum(self.labels == i)) for i, c in enumerate(self.classes)}
 
 
-def scan_class_folders(root: str | Path, classes: tuple[str, ...] | list[str] | None = None) -> ImageDataset:
+def scan_class_folders(
+    root: str | Path, classes: tuple[str, ...] | list[str] | None = None, *, allow_missing: bool = False
+) -> ImageDataset:
     """List a class-folder dataset.
 
     Parameters
@@ -49,12 +51,16 @@ def scan_class_folders(root: str | Path, classes: tuple[str, ...] | list[str] | 
         Expected class names in model order. When given, every one must be a
         non-empty folder under ``root``; extra folders are ignored with a
         warning. When None, every non-hidden sub-folder is a class, sorted.
+    allow_missing : bool
+        Let expected classes have no folder (extra training data that holds
+        some classes only); labels still index ``classes``.
 
     Raises
     ------
     BadDatasetError
         When ``root`` does not exist, has no class folders, a class folder
-        holds no image, or an expected class is missing.
+        holds no image, an expected class is missing (unless
+        ``allow_missing``), or no expected class has a folder.
     """
     from smearflow.imageio import is_image_file
 
@@ -69,19 +75,39 @@ def scan_class_folders(root: str | Path, classes: tuple[str, ...] | list[str] | 
     else:
         classes = tuple(classes)
         missing = [c for c in classes if c not in found]
-        if missing:
+        if len(missing) == len(classes):
+            raise BadDatasetError(f"{root}: none of the classes {list(classes)} has a folder in the dataset")
+        if missing and not allow_missing:
             raise BadDatasetError(f"{root}: the model's class(es) {missing} have no folder in the dataset")
         extra = [c for c in found if c not in classes]
         if extra:
             logger.warning("%s: ignoring folder(s) %s that are not among the model's classes", root, extra)
     paths, labels = [], []
     for label, name in enumerate(classes):
+        if name not in found:
+            continue
         files = sorted(p for p in (root / name).iterdir() if is_image_file(p))
         if not files:
             raise BadDatasetError(f"{root / name}: class folder holds no image")
         paths.extend(str(p) for p in files)
         labels.extend([label] * len(files))
     return ImageDataset(root, tuple(paths), np.asarray(labels, dtype=np.int64), classes)
+
+
+def concatenate_datasets(first: ImageDataset, *others: ImageDataset) -> ImageDataset:
+    """One dataset holding the images of all, under ``first``'s root and classes.
+
+    Raises
+    ------
+    ValueError
+        When the class lists differ (labels would mean different classes).
+    """
+    for other in others:
+        if other.classes != first.classes:
+            raise ValueError(f"datasets have different classes: {list(first.classes)} and {list(other.classes)}")
+    paths = sum((d.paths for d in others), first.paths)
+    labels = np.concatenate([first.labels, *(d.labels for d in others)])
+    return ImageDataset(first.root, paths, labels, first.classes)
 
 
 def stratified_holdout(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

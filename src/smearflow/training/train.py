@@ -12,7 +12,13 @@ from typing import Any, Callable
 import numpy as np
 
 from smearflow.config import SerialisableConfig
-from smearflow.training.data import ImageDataset, batches, scan_class_folders, stratified_holdout
+from smearflow.training.data import (
+    ImageDataset,
+    batches,
+    concatenate_datasets,
+    scan_class_folders,
+    stratified_holdout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,17 @@ class TrainConfig(SerialisableConfig):
         it slightly; without re-estimation the statistics describe blurred
         images while the classifier sees sharp ones (measured on PBC at 64 px:
         91% accuracy on training images before, 99% with fresh statistics).
+    init_model : str, optional
+        Model folder whose weights training starts from (fine-tuning), of
+        the same architecture, input size and classes. Its ``splits.json``
+        must show that none of this run's test images trained it.
+    extra_data : str, optional
+        Class-folder dataset added to the training images only (never to
+        the test split), e.g. a laboratory's own white-cell crops from
+        ``smearflow export-crops``; it may hold a subset of the classes.
+    extra_repeat : int
+        Each extra image is seen this many times per epoch (differently
+        augmented), so that a few hundred crops weigh against thousands.
     """
 
     architecture: str = "cnn"
@@ -72,6 +89,9 @@ class TrainConfig(SerialisableConfig):
     contrastive_temperature: float = 0.1
     projection_dim: int = 128
     recalibrate_bn_images: int = 2048
+    init_model: str | None = None
+    extra_data: str | None = None
+    extra_repeat: int = 1
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -100,6 +120,8 @@ class TrainConfig(SerialisableConfig):
             raise ValueError(
                 f"recalibrate_bn_images must be >= 0. Received: recalibrate_bn_images={self.recalibrate_bn_images}"
             )
+        if self.extra_repeat < 1:
+            raise ValueError(f"extra_repeat must be at least 1. Received: extra_repeat={self.extra_repeat}")
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be at least 1. Received: projection_dim={self.projection_dim}")
         if not isinstance(self.weights, dict):
@@ -390,6 +412,106 @@ def _fit_contrastive_encoder(model, config: TrainConfig, train_set, callbacks, d
     return epochs
 
 
+def initial_model(config: TrainConfig, classes: tuple[str, ...], test_set: ImageDataset):
+    """The network training starts from: a fresh build, or the weights of ``config.init_model``.
+
+    Raises
+    ------
+    BadModelError
+        When the initial model's architecture, input size or classes differ
+        from this run's, or it does not load.
+    BadDatasetError
+        When one of this run's test images trained the initial model: the
+        test figures would not be held out.
+    """
+    from smearflow.training.architectures import build_model
+
+    if config.init_model is None:
+        return build_model(config.architecture, config.image_size, len(classes), **config.arch_params)
+    from smearflow.classifier.classifier import Classifier
+    from smearflow.errors import BadModelError
+
+    loaded = Classifier.load(config.init_model)
+    folder = loaded.folder
+    for what, theirs, ours in (
+        ("architecture", folder.architecture, config.architecture),
+        ("image size", folder.image_size, config.image_size),
+        ("classes", list(folder.classes), list(classes)),
+    ):
+        if theirs != ours:
+            raise BadModelError(f"{folder.path}: the initial model has {what} {theirs!r}, this run {ours!r}")
+    check_not_trained_on(folder.path, test_set)
+    return loaded.model
+
+
+def images_trained_on(model_dir: str | Path) -> set[str] | None:
+    """Dataset-relative names of every image that trained a model, earlier stages included.
+
+    None when the folder has no ``splits.json`` (the model's history is unknown).
+    """
+    path = Path(model_dir) / "splits.json"
+    if not path.is_file():
+        return None
+    splits = json.loads(path.read_text())
+    return set(splits.get("train", ())) | set(splits.get("earlier_train", ()))
+
+
+def check_not_trained_on(model_dir: str | Path, test_set: ImageDataset) -> None:
+    """Raise when an image of ``test_set`` trained the model in ``model_dir``.
+
+    Raises
+    ------
+    BadDatasetError
+        On any overlap, naming one such image.
+    """
+    from smearflow.errors import BadDatasetError
+
+    trained = images_trained_on(model_dir)
+    if trained is None:
+        logger.warning("%s has no splits.json: cannot check that the test images did not train it", model_dir)
+        return
+    overlap = sorted(trained & set(_relative_names(test_set)))
+    if overlap:
+        raise BadDatasetError(
+            f"{model_dir}: {len(overlap)} of this run's test images trained the initial model (e.g. {overlap[0]}); "
+            "use the seed and test fraction it was trained with"
+        )
+
+
+def _relative_names(dataset: ImageDataset) -> list[str]:
+    return [Path(p).relative_to(dataset.root).as_posix() for p in dataset.paths]
+
+
+def extra_training_images(config: TrainConfig, classes: tuple[str, ...]) -> ImageDataset | None:
+    """``config.extra_data`` listed under ``classes``, each image ``extra_repeat`` times (None without it)."""
+    from smearflow.training.data import scan_class_folders
+
+    if config.extra_data is None:
+        return None
+    extra = scan_class_folders(config.extra_data, classes, allow_missing=True)
+    logger.info("extra training images from %s: %s", config.extra_data, extra.class_counts())
+    return extra.subset(np.repeat(np.arange(len(extra)), config.extra_repeat))
+
+
+def write_splits(out_dir: Path, config: TrainConfig, train_set: ImageDataset, test_set: ImageDataset, extra) -> None:
+    """Record which images trained and tested the model, for anyone to check for leaks."""
+    splits = {
+        "seed": config.seed,
+        "classes": list(train_set.classes),
+        "train": _relative_names(train_set),
+        "test": _relative_names(test_set),
+    }
+    if extra is not None:
+        splits["extra_data"] = str(config.extra_data)
+        splits["extra"] = sorted(set(_relative_names(extra)))
+    if config.init_model is not None:
+        earlier = images_trained_on(config.init_model)
+        splits["init_model"] = str(config.init_model)
+        # Only what this run's lists lack, so the record stays small when the split is the same.
+        splits["earlier_train"] = None if earlier is None else sorted(earlier - set(splits["train"]))
+    (out_dir / "splits.json").write_text(json.dumps(splits))
+
+
 def train_classifier(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -412,7 +534,7 @@ def train_classifier(
     import keras
 
     from smearflow.classifier.model_folder import write_model_folder
-    from smearflow.training.architectures import build_model
+    from smearflow.training.benchmark import machine_description
     from smearflow.training.metrics import classification_metrics
 
     out_dir = Path(out_dir)
@@ -422,23 +544,16 @@ def train_classifier(
     num_classes = len(dataset.classes)
     train_idx, test_idx = stratified_holdout(dataset.labels, config.test_fraction, config.seed)
     train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)
-    (out_dir / "splits.json").write_text(
-        json.dumps(
-            {
-                "seed": config.seed,
-                "classes": list(dataset.classes),
-                "train": [str(Path(p).relative_to(dataset.root)) for p in train_set.paths],
-                "test": [str(Path(p).relative_to(dataset.root)) for p in test_set.paths],
-            }
-        )
-    )
-    model = build_model(config.architecture, config.image_size, num_classes, **config.arch_params)
+    model = initial_model(config, dataset.classes, test_set)
+    extra = extra_training_images(config, dataset.classes)
+    write_splits(out_dir, config, train_set, test_set, extra)
+    fit_set = train_set if extra is None else concatenate_datasets(train_set, extra)
     history = HistoryRecorder()
     callbacks = []
     if on_epoch_end is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch_end(epoch, logs)))
     started = time.perf_counter()
-    fitted = fit_classifier(model, config, train_set, num_classes, callbacks=callbacks, history=history)
+    fitted = fit_classifier(model, config, fit_set, num_classes, callbacks=callbacks, history=history)
     train_seconds = time.perf_counter() - started
     history.write_csv(out_dir / "history.csv")
     probabilities, labels = predict_dataset(model, test_set, config.image_size)
@@ -447,9 +562,11 @@ def train_classifier(
         {
             "split": f"stratified {config.test_fraction:.0%} test split of {Path(data_dir).name}, seed {config.seed}",
             "train_images": len(train_set),
+            "extra_train_images": 0 if extra is None else len(extra) // config.extra_repeat,
             "test_images": len(test_set),
             "train_seconds": round(train_seconds, 1),
             "keras_backend": keras.backend.backend(),
+            "machine": machine_description(),
         }
     )
     metrics["bn_recalibration_images"] = fitted["bn_recalibration_images"]
