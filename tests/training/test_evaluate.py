@@ -74,3 +74,28 @@ def test_evaluate_classifier_command(tiny_model_dir, mixed_data, tmp_path):
     assert table.exit_code == 0 and "lymphocyte" in table.stdout and "skipped 1 unreadable image" in table.stdout
     failed = runner.invoke(app, ["evaluate-classifier", str(tmp_path / "none"), "--model", str(tiny_model_dir)])
     assert failed.exit_code == 1 and "does not exist" in failed.output
+
+
+def test_evaluate_only_the_listed_images(tiny_model_dir, mixed_data):
+    classifier = Classifier.load(tiny_model_dir)
+    only = ["lymphocyte/lymphocyte_1.png", "neutrophil/neutrophil_2.png", "neutrophil/gone.png"]
+    result = evaluate_classifier(classifier, mixed_data, only=only)
+    assert result["images"] == 2 and result["skipped"]["listed_but_absent"] == 1
+    with pytest.raises(BadDatasetError, match="none of the 1 listed images is in the dataset"):
+        evaluate_classifier(classifier, mixed_data, only=["basophil/x.png"])
+
+
+def test_evaluate_classifier_command_scores_a_split_of_the_model(tiny_model_dir, mixed_data, tmp_path):
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    runner = CliRunner()
+    no_record = runner.invoke(app, ["evaluate-classifier", str(mixed_data), "--model", str(model), "--split", "test"])
+    assert no_record.exit_code == 1 and "has no splits.json" in no_record.output
+    (model / "splits.json").write_text(json.dumps({"test": ["lymphocyte/lymphocyte_0.png"]}))
+    args = ["evaluate-classifier", str(mixed_data), "--model", str(model), "--json"]
+    result = runner.invoke(app, [*args, "--split", "test"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 1
+    unknown = runner.invoke(app, [*args, "--split", "validation"])
+    assert unknown.exit_code == 1 and "no list named 'validation'" in unknown.output

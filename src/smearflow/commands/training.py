@@ -414,6 +414,9 @@ def evaluate_classifier(
     model: ModelDir = None,
     as_json: JsonFlag = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    split: Annotated[
+        Optional[str], typer.Option(help="Score only this list of the model's splits.json (e.g. test).")
+    ] = None,
 ):
     """Score a classifier model folder on a class-folder dataset.
 
@@ -425,13 +428,28 @@ def evaluate_classifier(
     from smearflow.training.evaluate import evaluate_classifier as evaluate
 
     try:
-        result = evaluate(Classifier.load(model), data, batch_size=batch_size)
+        classifier = Classifier.load(model)
+        only = None if split is None else _split_names(classifier.folder.path, split)
+        result = evaluate(classifier, data, batch_size=batch_size, only=only)
     except (SmearflowError, ValueError) as error:
         _fail(error)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
     _print_evaluation(result)
+
+
+def _split_names(model_dir: Path, split: str) -> list[str]:
+    """The image names of one list (``train``, ``test`` …) of a model folder's ``splits.json``."""
+    from smearflow.errors import BadModelError
+
+    path = Path(model_dir) / "splits.json"
+    if not path.is_file():
+        raise BadModelError(f"{path}: the model folder has no splits.json")
+    names = json.loads(path.read_text()).get(split)
+    if not isinstance(names, list):
+        raise BadModelError(f"{path}: no list named {split!r}")
+    return names
 
 
 def _print_evaluation(result: dict) -> None:

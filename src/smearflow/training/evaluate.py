@@ -13,7 +13,7 @@ from smearflow.training.data import load_resized, scan_class_folders
 logger = logging.getLogger(__name__)
 
 
-def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64) -> dict:
+def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64, only=None) -> dict:
     """Score a :class:`~smearflow.classifier.Classifier` on a class-folder dataset.
 
     Images go through the same resize and ``predict_proba`` as crops do in
@@ -35,6 +35,11 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64) 
         One sub-folder per class.
     batch_size : int
         Images per forward pass.
+    only : iterable of str, optional
+        Dataset-relative names (``class/file.jpg``) to score, e.g. the
+        ``test`` list of a model's ``splits.json``; the other images are left
+        out and named images absent from the folder are counted in
+        ``skipped["listed_but_absent"]``.
 
     Returns
     -------
@@ -51,7 +56,8 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64) 
     ------
     BadDatasetError
         When the folder is missing, has no class folder, shares no class with
-        the model, a shared class folder holds no image, or no image can be read.
+        the model, a shared class folder holds no image, no image can be read,
+        or none of the ``only`` names is in the folder.
     ValueError
         When ``batch_size`` < 1.
     """
@@ -77,6 +83,9 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64) 
             "%s: the model's class(es) %s have no folder; averaging over the %d present", root, missing, len(present)
         )
     dataset = scan_class_folders(root, classes=present)  # logs the ignored extra folders
+    absent = 0
+    if only is not None:
+        dataset, absent = _keep_named(dataset, only)
     to_model = np.asarray([model_classes.index(c) for c in present])
     probabilities, labels, unreadable = [], [], []
     for start in range(0, len(dataset), batch_size):
@@ -101,6 +110,21 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64) 
         "data_classes_not_in_model": extra,
         "model_classes_without_data": missing,
     }
+    if only is not None:
+        metrics["skipped"]["listed_but_absent"] = absent
     metrics["dataset"] = str(root)
     metrics["model_version"] = classifier.version
     return metrics
+
+
+def _keep_named(dataset, names) -> tuple:
+    """The images of ``dataset`` named in ``names``, and how many names were not found."""
+    wanted = set(names)
+    relative = [Path(p).relative_to(dataset.root).as_posix() for p in dataset.paths]
+    keep = [i for i, name in enumerate(relative) if name in wanted]
+    if not keep:
+        raise BadDatasetError(f"{dataset.root}: none of the {len(wanted)} listed images is in the dataset")
+    absent = len(wanted - set(relative))
+    if absent:
+        logger.warning("%s: %d listed images are not in the dataset", dataset.root, absent)
+    return dataset.subset(keep), absent
