@@ -75,26 +75,37 @@ def test_command_reports_a_missing_label_file(tmp_path):
 
 
 class _CellsByBrightness:
-    """Finds as many white cells as the field's grey level says (0, 1 or 2), plus a red cell."""
+    """Finds as many white cells as the field's grey level says (0, 1 or 2), plus a red cell.
+
+    Every field also holds a white cell mostly outside it, and grey 150 adds
+    one that the border rule leaves uncounted but is in full view (grey 50:
+    the only white cell).
+    """
 
     def segment(self, image):
-        n_wbc = int(image[0, 0, 0]) // 100
+        grey = int(image[0, 0, 0])
+        n_wbc = grey // 100
         cells = [_cell("wbc", 20 + 20 * k, 30) for k in range(n_wbc)] + [_cell("rbc", 50, 50)]
+        cells.append(_cell("wbc", 75, 75, counted=False, visible=0.3))
+        if grey in (50, 150):
+            cells.append(_cell("wbc", 60, 30, counted=False))
         return Segmentation(cells=tuple(cells), rbc_diameter_px=10.0, image_shape=image.shape[:2])
 
 
 def test_export_field_crops_writes_one_crop_per_single_cell_field(tmp_path):
     fields = tmp_path / "fields"
-    for name, grey in (("a.jpg", 100), ("b.jpg", 10), ("c.jpg", 200), ("d.jpg", 100)):
+    for name, grey in (("a.jpg", 100), ("b.jpg", 10), ("c.jpg", 200), ("d.jpg", 100), ("f.jpg", 150), ("g.jpg", 50)):
         write_rgb(fields / name, np.full((80, 80, 3), grey, np.uint8))
     (fields / "e.jpg").write_text("broken")
     labels = {"a.jpg": "neutrophil", "b.jpg": "monocyte", "c.jpg": "lymphocyte", "d.jpg": "neutrophil"}
-    labels["e.jpg"] = "eosinophil"
+    labels |= {"e.jpg": "eosinophil", "f.jpg": "monocyte", "g.jpg": "lymphocyte"}
     report = export_field_crops(fields, labels, _CellsByBrightness(), tmp_path / "crops", PipelineConfig())
-    assert report["written"] == {"neutrophil": 2}
-    assert report["skipped_fields"] == {"no white cell": 1, "several white cells": 1, "unreadable": 1}
+    assert report["written"] == {"lymphocyte": 1, "neutrophil": 2}
+    # f.jpg: its uncounted but visible cell is a second white cell
+    assert report["skipped_fields"] == {"no white cell": 1, "several white cells": 2, "unreadable": 1}
     crops = sorted((tmp_path / "crops").rglob("*.png"))
-    assert [p.relative_to(tmp_path / "crops").as_posix() for p in crops] == ["neutrophil/a.png", "neutrophil/d.png"]
+    names = [p.relative_to(tmp_path / "crops").as_posix() for p in crops]
+    assert names == ["lymphocyte/g.png", "neutrophil/a.png", "neutrophil/d.png"]
     from smearflow.imageio import read_rgb
 
     assert read_rgb(crops[0]).shape == (224, 224, 3)

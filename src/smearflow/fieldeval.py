@@ -117,8 +117,11 @@ def export_field_crops(
     (another stain, camera or objective) can label whole fields by the type
     of their white cell and train on the crops smearflow itself would
     classify (``smearflow train --extra-data``). Only fields where exactly one
-    counted white cell is found are used, so that the field's label is that
-    cell's label; the others are counted in ``skipped_fields``.
+    white cell is found are used, so that the field's label is that cell's
+    label; the others are counted in ``skipped_fields``. A cell counts here
+    when at least ``config.min_visible_fraction`` of it is inside the field,
+    whether or not the border rule counts it: that rule keeps counts
+    unbiased, while a training crop only needs to show the cell.
 
     Parameters
     ----------
@@ -149,7 +152,6 @@ def export_field_crops(
 
     from smearflow.config import PipelineConfig
     from smearflow.imageio import read_rgb
-    from smearflow.pipeline import cells_to_classify
     from smearflow.segmentation.crops import crop_cells, crop_side_px
 
     config = config or PipelineConfig()
@@ -167,8 +169,11 @@ def export_field_crops(
             skipped["unreadable"] += 1
             continue
         segmentation = segmenter.segment(image)
-        wbcs = [segmentation.cells[i] for i in cells_to_classify(segmentation.cells, config)]
-        wbcs = [cell for cell in wbcs if cell.kind == "wbc"]
+        wbcs = [
+            cell
+            for cell in segmentation.cells
+            if cell.kind == "wbc" and cell.visible_fraction >= config.min_visible_fraction
+        ]
         if len(wbcs) != 1:
             skipped["no white cell" if not wbcs else "several white cells"] += 1
             continue
