@@ -484,8 +484,6 @@ def _relative_names(dataset: ImageDataset) -> list[str]:
 
 def extra_training_images(config: TrainConfig, classes: tuple[str, ...]) -> ImageDataset | None:
     """``config.extra_data`` listed under ``classes``, each image ``extra_repeat`` times (None without it)."""
-    from smearflow.training.data import scan_class_folders
-
     if config.extra_data is None:
         return None
     extra = scan_class_folders(config.extra_data, classes, allow_missing=True)
