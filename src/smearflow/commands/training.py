@@ -26,6 +26,7 @@ WeightsOption = Annotated[
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``smearflow`` app."""
     app.command()(train)
+    app.command("train-default")(train_default)
     app.command()(benchmark)
     app.command("evaluate-classifier")(evaluate_classifier)
 
@@ -110,11 +111,9 @@ def train(
 ):
     """Train a classifier and save it as a model folder usable by ``analyze --model``.
 
-    With no options this trains the base of the packaged default model; the
-    README gives the fine-tuning command that completes it.
+    With no options this trains the base of the packaged default model
+    (``train-default`` runs the whole recipe).
     """
-    from rich.progress import Progress
-
     from smearflow.errors import SmearflowError
     from smearflow.training.train import TrainConfig, train_classifier
 
@@ -137,17 +136,67 @@ def train(
 
         get_architecture(arch)
         config = TrainConfig.from_dict({"architecture": arch} | {k: v for k, v in overrides.items() if v is not None})
-        with Progress(console=stderr_console()) as progress:
-            task = progress.add_task(f"training {arch}", total=config.total_epochs())
-
-            def on_epoch_end(epoch, logs):
-                progress.update(
-                    task, completed=epoch + 1, description=f"training {arch} loss {logs.get('loss', 0):.3f}"
-                )
-
-            folder = train_classifier(data, out, config, on_epoch_end=on_epoch_end)
+        folder = _with_epoch_progress(
+            f"training {arch}", config.total_epochs(), lambda report: train_classifier(data, out, config, on_epoch_end=report)
+        )
     except (SmearflowError, ValueError, FileNotFoundError) as error:
         _fail(error)
+    _print_saved(folder)
+
+
+def train_default(
+    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout).")] = Path(
+        "../shared/data/pbc"
+    ),
+    fields: Annotated[
+        Optional[Path], typer.Option(help="Whole-field images whose white-cell crops fine-tune the base.")
+    ] = Path("../shared/data/bccd/images"),
+    field_labels: Annotated[
+        Optional[Path], typer.Option(help="CSV with image and kaggle_wbc_category columns.")
+    ] = Path("../shared/data/bccd/counts.csv"),
+    no_fields: Annotated[bool, typer.Option("--no-fields", help="Train the base only.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the stages (base/, field-crops/, model/).")] = Path(
+        "runs/default"
+    ),
+):
+    """Train the default model as the packaged one was made: base, field crops, fine-tuning.
+
+    The final model folder is OUT/model (OUT/base with --no-fields).
+    """
+    from smearflow.errors import SmearflowError
+    from smearflow.training.recipe import FINE_TUNE_OVERRIDES, train_default_model
+    from smearflow.training.train import TrainConfig
+
+    if no_fields:
+        fields = field_labels = None
+    total = TrainConfig().epochs + (0 if fields is None else FINE_TUNE_OVERRIDES["epochs"])
+    try:
+        folder = _with_epoch_progress(
+            "training the default model",
+            total,
+            lambda report: train_default_model(
+                data, out, field_images=fields, field_labels=field_labels, on_epoch_end=report
+            ),
+        )
+    except (SmearflowError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    _print_saved(folder)
+
+
+def _with_epoch_progress(label: str, total: int, run):
+    """``run(on_epoch_end)`` under a progress bar that advances one step per epoch, over all stages."""
+    from rich.progress import Progress
+
+    with Progress(console=stderr_console()) as progress:
+        task = progress.add_task(label, total=total)
+
+        def on_epoch_end(epoch, logs):
+            progress.update(task, advance=1, description=f"{label} loss {logs.get('loss', 0):.3f}")
+
+        return run(on_epoch_end)
+
+
+def _print_saved(folder) -> None:
     metrics = folder.metrics
     stdout_console().print(
         f"saved {folder.path}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "

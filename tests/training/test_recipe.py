@@ -1,0 +1,87 @@
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from smearflow.cli import app
+from smearflow.imageio import write_rgb
+from smearflow.segeval import holdout_split
+from smearflow.segmentation import Segmentation
+from smearflow.training.recipe import train_default_model
+from smearflow.training.train import TrainConfig
+from smearflow_testkit import planted_cell, write_class_folders
+
+
+class _OneWhiteCell:
+    def segment(self, image):
+        cells = (planted_cell("wbc", 40, 40), planted_cell("rbc", 10, 10))
+        return Segmentation(cells=cells, rbc_diameter_px=10.0, image_shape=image.shape[:2])
+
+
+def _labelled_fields(root, n=10):
+    names = [f"f{i}.jpg" for i in range(n)]
+    for name in names:
+        write_rgb(root / name, np.full((80, 80, 3), 120, np.uint8))
+    rows = "".join(f"{name},{'A' if i % 2 else 'B'}\n" for i, name in enumerate(names))
+    (root / "labels.csv").write_text("image,kaggle_wbc_category\n" + rows)
+    return names
+
+
+def test_default_recipe_fine_tunes_the_base_with_the_tuning_fields_crops(tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=8, size=32)
+    names = _labelled_fields(tmp_path / "fields")
+    base = TrainConfig(image_size=32, epochs=1, batch_size=8, test_fraction=0.25, arch_params={"filters": (4, 8)})
+    folder = train_default_model(
+        data,
+        tmp_path / "run",
+        field_images=tmp_path / "fields",
+        field_labels=tmp_path / "fields" / "labels.csv",
+        base_config=base,
+        fine_tune_overrides={"epochs": 1, "class_weight": "none"},
+        segmenter=_OneWhiteCell(),
+    )
+    assert folder.path == tmp_path / "run" / "model"
+    assert folder.config["init_model"] == str(tmp_path / "run" / "base")
+    assert folder.config["class_weight"] == "none"
+    splits = json.loads((folder.path / "splits.json").read_text())
+    tuning, _ = holdout_split(Path(n).stem for n in names)
+    assert sorted(Path(n).stem for n in splits["extra"]) == sorted(tuning)
+
+
+def test_default_recipe_without_fields_is_the_base(tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=8, size=32)
+    base = TrainConfig(image_size=32, epochs=1, batch_size=8, test_fraction=0.25, arch_params={"filters": (4, 8)})
+    assert train_default_model(data, tmp_path / "run", base_config=base).path == tmp_path / "run" / "base"
+
+
+def test_default_recipe_needs_fields_and_labels_together(tmp_path):
+    with pytest.raises(ValueError, match="field_images and field_labels go together"):
+        train_default_model(tmp_path, tmp_path / "run", field_images=tmp_path)
+
+
+def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
+    import smearflow.training.recipe as recipe
+
+    calls = []
+
+    def fake_recipe(data, out, *, field_images, field_labels, on_epoch_end):
+        calls.append((data, out, field_images, field_labels))
+        on_epoch_end(0, {"loss": 1.0})
+        return SimpleNamespace(path=out / "model", metrics={"accuracy": 0.9, "macro_f1": 0.8, "test_images": 5})
+
+    monkeypatch.setattr(recipe, "train_default_model", fake_recipe)
+    runner = CliRunner()
+    result = runner.invoke(app, ["train-default", "--data", "d", "--out", str(tmp_path), "--no-fields"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1] == (Path("d"), tmp_path, None, None)
+    assert "test accuracy 0.9000" in result.stdout
+    runner.invoke(app, ["train-default", "--fields", "f", "--field-labels", "l.csv", "--out", str(tmp_path)])
+    assert calls[-1][2:] == (Path("f"), Path("l.csv"))
+
+
+def test_train_default_command_reports_errors(tmp_path):
+    result = CliRunner().invoke(app, ["train-default", "--data", str(tmp_path / "none"), "--no-fields"])
+    assert result.exit_code == 1 and "does not exist" in result.output
