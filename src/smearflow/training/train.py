@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 class TrainConfig(SerialisableConfig):
     """Everything that decides a training run; saved as the model's ``config.json``.
 
-    The defaults reproduce the packaged model (``cnn`` at 64 px).
+    The defaults train the base of the packaged model (``cnn`` at 64 px);
+    :func:`smearflow.training.recipe.train_default_model` runs its whole recipe.
 
     Attributes
     ----------
