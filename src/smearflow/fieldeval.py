@@ -45,6 +45,14 @@ def read_field_labels(csv_path: str | Path, image_column: str, label_column: str
     return labels
 
 
+def _chosen_names(images_dir: Path, labels: dict[str, str], names, purpose: str) -> list[str]:
+    """The labelled image names to use (all, or those also in ``names``), sorted; raise when none."""
+    chosen = sorted(labels if names is None else set(names) & set(labels))
+    if not chosen:
+        raise BadDatasetError(f"{images_dir}: no labelled image to {purpose}")
+    return chosen
+
+
 def evaluate_fields(images_dir: str | Path, labels: dict[str, str], analyzer, names=None) -> dict:
     """Analyse labelled fields and compare the white-cell classes found with the label.
 
@@ -71,9 +79,7 @@ def evaluate_fields(images_dir: str | Path, labels: dict[str, str], analyzer, na
     from smearflow.pipeline import analyze_field
 
     images_dir = Path(images_dir)
-    chosen = sorted(labels if names is None else set(names) & set(labels))
-    if not chosen:
-        raise BadDatasetError(f"{images_dir}: no labelled image to evaluate")
+    chosen = _chosen_names(images_dir, labels, names, "evaluate")
     per_label: dict[str, Counter] = {}
     agree = classified = no_wbc = skipped = 0
     seconds = []
@@ -156,9 +162,7 @@ def export_field_crops(
 
     config = config or PipelineConfig()
     images_dir, out_dir = Path(images_dir), Path(out_dir)
-    chosen = sorted(labels if names is None else set(names) & set(labels))
-    if not chosen:
-        raise BadDatasetError(f"{images_dir}: no labelled image to export")
+    chosen = _chosen_names(images_dir, labels, names, "export")
     written: Counter = Counter()
     skipped: Counter = Counter()
     for name in chosen:

@@ -907,10 +907,8 @@ def _white_cells(cell_any: np.ndarray, nucleus: np.ndarray, diameter: float, pos
     merge_radius = max(1, int(round(0.5 * post.nucleus_merge_distance_rbc * diameter)))
     _, components = cv2.connectedComponents(cell_any.astype(np.uint8), connectivity=8)
     next_label = 1
-    for index, slices in enumerate(ndimage.find_objects(components), start=1):
-        if slices is None:
-            continue
-        component = components[slices] == index
+    for (row0, col0, row1, col1), component in labelled_regions(components):
+        slices = np.s_[row0:row1, col0:col1]
         own_nucleus = nucleus[slices] & component
         if np.count_nonzero(own_nucleus) < min_nucleus or np.count_nonzero(component) < min_cell:
             continue
@@ -941,7 +939,6 @@ def _white_cells(cell_any: np.ndarray, nucleus: np.ndarray, diameter: float, pos
 def _platelets(candidates: np.ndarray, wbc_labels: np.ndarray, diameter: float, post: UNetPostprocess) -> np.ndarray:
     """Label image of platelets away from white cells; clumps split at distance peaks."""
     import cv2
-    from scipy import ndimage
 
     labels = np.zeros(candidates.shape, dtype=np.int32)
     candidates = candidates & (wbc_labels == 0)
@@ -955,10 +952,8 @@ def _platelets(candidates: np.ndarray, wbc_labels: np.ndarray, diameter: float, 
     max_area = post.max_platelet_area_rbc * _rbc_area(diameter)
     _, blobs = cv2.connectedComponents(candidates.astype(np.uint8), connectivity=8)
     next_label = 1
-    for index, slices in enumerate(ndimage.find_objects(blobs), start=1):
-        if slices is None:
-            continue
-        blob = blobs[slices] == index
+    for (row0, col0, row1, col1), blob in labelled_regions(blobs):
+        slices = np.s_[row0:row1, col0:col1]
         area = np.count_nonzero(blob)
         if area < min_area or (near_wbc[slices] & blob).any():
             continue

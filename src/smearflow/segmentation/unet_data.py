@@ -335,6 +335,27 @@ def _image_paths(path: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(images.iterdir()) if is_image_file(p)}
 
 
+def _read_labelled_image(path: Path, paths: dict[str, Path], name: str, label_path: Path, what: str):
+    """The RGB image ``name`` of a dataset folder, once its label file ``label_path`` is known to exist.
+
+    Raises
+    ------
+    BadDatasetError
+        When the image or its label file is missing, or the image is unreadable.
+    """
+    from smearflow.errors import BadImageError
+    from smearflow.imageio import read_rgb
+
+    if name not in paths:
+        raise BadDatasetError(f"{path / 'images'}: no image named {name!r}")
+    if not label_path.is_file():
+        raise BadDatasetError(f"{label_path}: no {what} for image {paths[name].name}")
+    try:
+        return read_rgb(paths[name])
+    except BadImageError as error:
+        raise BadDatasetError(str(error)) from None
+
+
 def load_mask_dataset(
     path: str | Path,
     names: Iterable[str],
@@ -369,7 +390,7 @@ def load_mask_dataset(
         When ``rbc_diameter_px`` is not positive.
     """
     from smearflow.errors import BadImageError
-    from smearflow.imageio import read_mask, read_rgb
+    from smearflow.imageio import read_mask
 
     if not rbc_diameter_px > 0:
         raise ValueError(f"rbc_diameter_px must be positive. Received: rbc_diameter_px={rbc_diameter_px}")
@@ -378,13 +399,9 @@ def load_mask_dataset(
     scale = _working_scale(rbc_diameter_px, working_rbc_diameter_px, max_upscale)
     out = []
     for name in names:
-        if name not in paths:
-            raise BadDatasetError(f"{path / 'images'}: no image named {name!r}")
         mask_path = path / "masks" / f"{name}.png"
-        if not mask_path.is_file():
-            raise BadDatasetError(f"{mask_path}: no mask for image {paths[name].name}")
+        image = _read_labelled_image(path, paths, name, mask_path, "mask")
         try:
-            image = read_rgb(paths[name])
             label_mask = read_mask(mask_path)
         except BadImageError as error:
             raise BadDatasetError(str(error)) from None
@@ -444,23 +461,14 @@ def load_box_dataset(
         When an image or annotation is missing or unreadable, or no image of
         the selection has three red-cell boxes to tell the scale.
     """
-    from smearflow.errors import BadImageError
-    from smearflow.imageio import read_rgb
     from smearflow.segeval import read_voc_boxes
 
     path = Path(path)
     paths = _image_paths(path)
     fields = []
     for name in names:
-        if name not in paths:
-            raise BadDatasetError(f"{path / 'images'}: no image named {name!r}")
         annotation = path / "annotations" / f"{name}.xml"
-        if not annotation.is_file():
-            raise BadDatasetError(f"{annotation}: no annotation for image {paths[name].name}")
-        try:
-            image = read_rgb(paths[name])
-        except BadImageError as error:
-            raise BadDatasetError(str(error)) from None
+        image = _read_labelled_image(path, paths, name, annotation, "annotation")
         boxes, _ = read_voc_boxes(annotation, image.shape[:2])
         fields.append((name, image, boxes, rbc_diameter_from_boxes(boxes["rbc"])))
     known = [d for *_, d in fields if d is not None]

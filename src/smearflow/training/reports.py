@@ -27,6 +27,15 @@ REFERENCE_TEST_ACCURACY = 0.9851
 """The reference study's best: InceptionV3 + Xception hybrid, 8-class PBC test accuracy."""
 
 
+def _save(figure, path: str | Path) -> Path:
+    """Lay out ``figure`` and write it to ``path`` (parent folders made)."""
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
 def _figure(width_in: float, height_in: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -74,11 +83,7 @@ def plot_confusion_matrix(matrix, classes, path: str | Path, title: str) -> Path
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title, fontsize=10)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return _save(figure, path)
 
 
 def plot_training_curves(histories: dict[str, list[dict]], path: str | Path, title: str) -> Path:
@@ -118,11 +123,7 @@ def plot_training_curves(histories: dict[str, list[dict]], path: str | Path, tit
     if histories:
         loss_axes.legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return _save(figure, path)
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
