@@ -75,7 +75,8 @@ class QualityConfig(SerialisableConfig):
 
     Brightness levels are 8-bit levels (0 to 255) of the luma
     ``0.299 R + 0.587 G + 0.114 B``. Fractions are shares of the field's pixels
-    (0 to 1) unless said otherwise. Lengths are field pixels.
+    (0 to 1) unless said otherwise. Lengths are pixels of the shrunken copy
+    (see ``working_side_px``).
 
     Attributes
     ----------
