@@ -15,6 +15,9 @@ from smearflow.segmentation import Segmentation
 from smearflow_testkit import ColumnClassifier, PlantedSegmenter, planted_cell as _cell
 
 
+UNCHECKED = PipelineConfig(check_quality=False)  # uniform stand-in fields: scoring only
+
+
 def _labels_csv(path):
     path.write_text(
         "image,wbc,kaggle_wbc_category\n"
@@ -44,7 +47,9 @@ def test_evaluate_fields_scores_the_majority_class(tmp_path):
         write_rgb(tmp_path / name, np.full((60, 60, 3), 200, np.uint8))
     (tmp_path / "e.jpg").write_text("broken")
     labels = {"a.jpg": "neutrophil", "b.jpg": "lymphocyte", "e.jpg": "monocyte"}
-    analyzer = Analyzer(PlantedSegmenter([_cell("wbc", 30, 30)]), ColumnClassifier(["neutrophil", "neutrophil"]))
+    analyzer = Analyzer(
+        PlantedSegmenter([_cell("wbc", 30, 30)]), ColumnClassifier(["neutrophil", "neutrophil"]), UNCHECKED
+    )
     report = evaluate_fields(tmp_path, labels, analyzer)
     assert report["fields"] == 2 and report["skipped"] == 1
     assert report["agreement"] == pytest.approx(0.5)
@@ -53,7 +58,7 @@ def test_evaluate_fields_scores_the_majority_class(tmp_path):
 
 def test_fields_without_a_white_cell_are_counted_apart(tmp_path):
     write_rgb(tmp_path / "a.jpg", np.full((60, 60, 3), 200, np.uint8))
-    report = evaluate_fields(tmp_path, {"a.jpg": "neutrophil"}, Analyzer(PlantedSegmenter([]), ColumnClassifier([])))
+    report = evaluate_fields(tmp_path, {"a.jpg": "neutrophil"}, Analyzer(PlantedSegmenter([]), ColumnClassifier([]), UNCHECKED))
     assert report["no_wbc_found"] == 1 and report["agreement"] is None
 
 

@@ -13,7 +13,7 @@ from smearflow.errors import BadImageError
 from smearflow.imageio import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
-    MIN_SIDE_PX,
+    MIN_FIELD_SIDE_PX,
     display_name,
     is_image_file,
     read_mask,
@@ -468,14 +468,15 @@ def test_max_pixels_is_a_keyword(tmp_path):
 
 def test_a_one_pixel_image_is_refused(tmp_path):
     write_rgb(tmp_path / "dot.png", np.zeros((1, 1, 3), np.uint8))
-    with pytest.raises(BadImageError, match="dot.png: 1×1 px, a field must be at least 64 px on each side"):
-        read_rgb(tmp_path / "dot.png")
-    assert MIN_SIDE_PX == 64
+    with pytest.raises(BadImageError, match="dot.png: 1×1 px, smaller than the 64 px a side a field needs"):
+        read_rgb(tmp_path / "dot.png", min_side_px=MIN_FIELD_SIDE_PX)
+    assert MIN_FIELD_SIDE_PX == 64
+    assert read_rgb(tmp_path / "dot.png").shape == (1, 1, 3)  # any size unless asked: crops and masks are images too
 
 
 def test_min_side_px_is_a_keyword_and_counts_the_upright_image(tmp_path):
     write_rgb(tmp_path / "strip.png", np.zeros((20, 300, 3), np.uint8))
-    with pytest.raises(BadImageError, match="300×20 px, a field must be at least 21 px on each side"):
+    with pytest.raises(BadImageError, match="300×20 px, smaller than the 21 px a side a field needs"):
         read_rgb(tmp_path / "strip.png", min_side_px=21)
     assert read_rgb(tmp_path / "strip.png", min_side_px=20).shape == (20, 300, 3)
 

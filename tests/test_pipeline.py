@@ -10,6 +10,9 @@ from smearflow.types import SlideInfo
 from smearflow_testkit import ColumnClassifier, PlantedSegmenter, planted_cell as _cell
 
 
+CONFIG = PipelineConfig(check_quality=False)  # uniform stand-in fields: the counting rules only
+
+
 def _info(n_fields=1):
     return SlideInfo("S", "P", None, None, "/slides/S", tuple(f"/slides/S/f{i}.png" for i in range(n_fields)))
 
@@ -35,7 +38,7 @@ def test_counts_follow_classes_and_border_rule():
         _cell("platelet", 80, 20, radius=3),
     ]
     classifier = ColumnClassifier(["neutrophil", "lymphocyte", "platelet"])
-    result = analyze_slide(_info(), PlantedSegmenter(cells), classifier, PipelineConfig(), read_image=_reader())
+    result = analyze_slide(_info(), PlantedSegmenter(cells), classifier, CONFIG, read_image=_reader())
     assert result.status == "done" and result.errors == ()
     assert result.counts == {"lymphocyte": 1, "neutrophil": 1}
     assert result.wbc_total == 2
@@ -50,11 +53,11 @@ def test_white_cells_are_never_labelled_platelet_when_the_model_knows_platelets(
     cells = [_cell("wbc", 50, 50), _cell("platelet", 80, 20, radius=3)]
     classifier = ColumnClassifier(["monocyte", "platelet"])
     classifier.classes = ("monocyte", "platelet")
-    analyze_slide(_info(), PlantedSegmenter(cells), classifier, read_image=_reader())
+    analyze_slide(_info(), PlantedSegmenter(cells), classifier, CONFIG, read_image=_reader())
     assert classifier.excluded == [("platelet",), ()]
     classifier = ColumnClassifier(["monocyte", "platelet"])
     classifier.classes = ("monocyte", "platelet")
-    analyze_slide(_info(), PlantedSegmenter(cells), classifier, PipelineConfig(wbc_never_platelet=False), read_image=_reader())
+    analyze_slide(_info(), PlantedSegmenter(cells), classifier, PipelineConfig(wbc_never_platelet=False, check_quality=False), read_image=_reader())
     assert classifier.excluded == [(), ()]
 
 
@@ -68,9 +71,9 @@ def test_a_bad_field_fails_alone_and_is_reported():
     info = _info(n_fields=2)
     classifier = ColumnClassifier(["monocyte"])
     result = analyze_slide(
-        info, PlantedSegmenter([_cell("wbc", 50, 50)]), classifier, read_image=_reader(bad={info.field_paths[0]})
+        info, PlantedSegmenter([_cell("wbc", 50, 50)]), classifier, CONFIG, read_image=_reader(bad={info.field_paths[0]})
     )
-    assert result.status == "done"
+    assert result.status == "partial"
     assert [f.status for f in result.fields] == ["failed", "done"]
     assert result.counts == {"monocyte": 1}
     assert len(result.errors) == 1 and "f0.png" in result.errors[0]
@@ -79,7 +82,7 @@ def test_a_bad_field_fails_alone_and_is_reported():
 def test_a_slide_whose_fields_all_fail_is_failed():
     info = _info(n_fields=2)
     result = analyze_slide(
-        info, PlantedSegmenter([]), ColumnClassifier([]), read_image=_reader(bad=set(info.field_paths))
+        info, PlantedSegmenter([]), ColumnClassifier([]), CONFIG, read_image=_reader(bad=set(info.field_paths))
     )
     assert result.status == "failed"
     assert len(result.errors) == 2 and result.counts == {}
@@ -89,6 +92,74 @@ def test_a_slide_whose_fields_all_fail_is_failed():
 def test_on_field_is_called_once_per_field(n_fields):
     seen = []
     analyze_slide(
-        _info(n_fields), PlantedSegmenter([]), ColumnClassifier([]), read_image=_reader(), on_field=seen.append
+        _info(n_fields), PlantedSegmenter([]), ColumnClassifier([]), CONFIG, read_image=_reader(), on_field=seen.append
     )
     assert len(seen) == n_fields
+
+
+class FailingOn:
+    """A segmenter or classifier stand-in that raises ``error`` on its ``n``-th call."""
+
+    def __init__(self, inner, n, error):
+        self.inner, self.n, self.error, self.calls = inner, n, error, 0
+        self.classes = getattr(inner, "classes", ())
+        self.version = getattr(inner, "version", None)
+
+    def segment(self, image):
+        return self._call(self.inner.segment, image)
+
+    def classify(self, crops, **kwargs):
+        return self._call(self.inner.classify, crops, **kwargs)
+
+    def _call(self, method, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.n:
+            raise self.error
+        return method(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OverflowError("cannot convert float infinity to integer"), MemoryError(), ValueError("zero-size array")],
+)
+def test_any_error_in_segmenting_one_field_fails_that_field_only(error):
+    info = _info(n_fields=3)
+    segmenter = FailingOn(PlantedSegmenter([_cell("wbc", 50, 50)]), 2, error)
+    result = analyze_slide(info, segmenter, ColumnClassifier(["monocyte", "monocyte"]), CONFIG, read_image=_reader())
+    assert result.status == "partial" and [f.status for f in result.fields] == ["done", "failed", "done"]
+    assert result.counts == {"monocyte": 2}
+    (message,) = result.errors
+    assert message.startswith("f1.png: could not be analysed") and type(error).__name__ in message
+
+
+def test_an_error_in_classifying_or_reading_one_field_fails_that_field_only():
+    info = _info(n_fields=3)
+    classifier = FailingOn(ColumnClassifier(["lymphocyte", "lymphocyte"]), 1, RuntimeError("out of memory"))
+
+    def read(path):
+        if path.endswith("f2.png"):
+            raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+        return np.full((100, 120, 3), 200, np.uint8)
+
+    result = analyze_slide(info, PlantedSegmenter([_cell("wbc", 50, 50)]), classifier, CONFIG, read_image=read)
+    assert [f.status for f in result.fields] == ["failed", "done", "failed"]
+    assert result.errors[0] == "f0.png: could not be analysed (RuntimeError: out of memory)"
+    assert result.errors[1].startswith("f2.png: could not be read (UnicodeEncodeError")
+
+
+def test_errors_the_caller_names_end_the_slide():
+    class TimeLimit(Exception):
+        pass
+
+    segmenter = FailingOn(PlantedSegmenter([]), 1, TimeLimit("soft time limit"))
+    with pytest.raises(TimeLimit):
+        analyze_slide(_info(2), segmenter, ColumnClassifier([]), CONFIG, read_image=_reader(), propagate=(TimeLimit,))
+
+
+def test_a_field_name_that_is_not_utf8_is_shown_printable():
+    import os
+
+    info = SlideInfo("S", None, None, None, "/slides/S", (os.fsdecode(b"/slides/S/field-\xff.png"),))
+    result = analyze_slide(info, PlantedSegmenter([]), ColumnClassifier([]), CONFIG, read_image=_reader(bad=set(info.field_paths)))
+    result.fields[0].name.encode("utf-8")
+    assert "field-" in result.fields[0].name

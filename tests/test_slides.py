@@ -69,19 +69,105 @@ def test_empty_folder(tmp_path):
     [
         ("{not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
-        ('{"patient_id": 42}', "patient_id must be a string"),
-        ('{"slide_id": "  "}', "slide_id is empty"),
+        ('{"patient_id": 42}', "patient_id: Input should be a valid string"),
+        ('{"slide_id": "  "}', "slide_id: must not be empty"),
+        ('{"slide_id": "S-1\\u0000"}', "slide_id: must hold printable characters only"),
+        ('{"patient_id": "P\\u0007"}', "patient_id: must hold printable characters only"),
+        ('{"slide_id": "../../etc"}', "slide_id: must not contain a path separator"),
+        ('{"slide_id": "a\\\\b"}', "slide_id: must not contain a path separator"),
+        ('{"slide_id": ".."}', "slide_id: must not contain a path separator or be"),
+        ('{"slide_id": "' + "x" * 65 + '"}', "slide_id: must be at most 64 characters"),
+        ('{"notes": "ok\\u0000"}', "notes: must not contain control characters"),
+        ('{"notes": "' + "n" * 2001 + '"}', "notes: String should have at most 2000 characters"),
         ('{"collected_at": "yesterday"}', "ISO 8601"),
+        ("\xff\xfe", "not valid JSON"),
     ],
 )
 def test_bad_slide_json(tmp_path, content, message):
     folder = tmp_path / "s"
     folder.mkdir()
     _field(folder, "f.png")
-    (folder / "slide.json").write_text(content)
+    (folder / "slide.json").write_bytes(content.encode("utf-8", "surrogateescape") if "\xff" not in content else b"\xff\xfe")
     with pytest.raises(BadSlideError, match=message) as info:
         read_slide_folder(folder)
     assert "slide.json" in str(info.value)
+    str(info.value).encode("utf-8")  # printable and storable whatever the file held
+
+
+def test_notes_keep_newlines_and_tabs_and_ids_are_stripped(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    _field(folder, "f.png")
+    (folder / "slide.json").write_text(json.dumps({"slide_id": " S-9 ", "notes": "line 1\n\tline 2", "collected_at": "2026-11-25"}))
+    info = read_slide_folder(folder)
+    assert (info.slide_id, info.notes, info.collected_at) == ("S-9", "line 1\n\tline 2", "2026-11-25")
+
+
+def test_a_slide_json_too_large_is_refused(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    _field(folder, "f.png")
+    (folder / "slide.json").write_text(json.dumps({"notes": "x" * 70_000}))
+    with pytest.raises(BadSlideError, match="larger than 65536 bytes"):
+        read_slide_folder(folder)
+
+
+def test_a_linked_slide_folder_is_refused_and_its_target_never_read(tmp_path):
+    target = tmp_path / "outside"
+    target.mkdir()
+    _field(target, "f.png")
+    (tmp_path / "inbox").mkdir()
+    link = tmp_path / "inbox" / "S-LINK"
+    link.symlink_to(target)
+    with pytest.raises(BadSlideError, match="is a symbolic link; slide folders are not followed"):
+        read_slide_folder(link)
+
+
+def test_a_linked_slide_json_is_refused(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    _field(folder, "f.png")
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text('{"slide_id": "STOLEN"}')
+    (folder / "slide.json").symlink_to(outside)
+    with pytest.raises(BadSlideError, match="slide.json: is a symbolic link"):
+        read_slide_folder(folder)
+
+
+def test_a_linked_field_is_listed_so_that_reading_it_fails_by_name(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    _field(folder, "a.png")
+    _field(tmp_path, "outside.png")
+    (folder / "b.png").symlink_to(tmp_path / "outside.png")
+    (folder / "sub.png").symlink_to(tmp_path, target_is_directory=True)
+    info = read_slide_folder(folder)
+    assert [p.rsplit("/", 1)[1] for p in info.field_paths] == ["a.png", "b.png", "sub.png"]
+
+
+def test_too_many_fields_are_refused(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for i in range(4):
+        _field(folder, f"f{i}.png")
+    assert len(read_slide_folder(folder, max_fields=4).field_paths) == 4
+    with pytest.raises(BadSlideError, match="holds 4 images; a slide may hold at most 3 fields"):
+        read_slide_folder(folder, max_fields=3)
+    with pytest.raises(ValueError, match="max_fields must be at least 1"):
+        read_slide_folder(folder, max_fields=0)
+
+
+def test_a_folder_name_that_is_not_a_valid_id_needs_slide_json(tmp_path):
+    import os
+
+    folder = tmp_path / os.fsdecode(b"scan-\xff")
+    folder.mkdir()
+    _field(folder, "f.png")
+    with pytest.raises(BadSlideError, match="the folder name cannot be a slide id") as info:
+        read_slide_folder(folder)
+    str(info.value).encode("utf-8")
+    (folder / "slide.json").write_text('{"slide_id": "S-OK"}')
+    assert read_slide_folder(folder).slide_id == "S-OK"
 
 
 def test_unknown_keys_are_warned_about(tmp_path, caplog):

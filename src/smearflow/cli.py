@@ -70,6 +70,26 @@ def slide_summary(result) -> dict:
     }
 
 
+def rejected_summary(folder, reason: str, slide_id: str | None = None, status: str = "rejected") -> dict:
+    """The JSON shape of a folder that was not analysed as a slide (same keys as :func:`slide_summary`)."""
+    from smearflow.imageio import display_name
+
+    return {
+        "slide_id": slide_id,
+        "patient_id": None,
+        "folder": display_name(folder),
+        "status": status,
+        "model_version": None,
+        "fields": [],
+        "counts": {},
+        "wbc_total": 0,
+        "unclassified_wbc": 0,
+        "rbc_count": 0,
+        "platelet_count": 0,
+        "errors": [reason],
+    }
+
+
 def differential_table(title: str, counts: dict[str, int], wbc_total: int, rbc: int, platelets: int):
     """A rich table: count and % of white cells per class, then platelets and red cells."""
     from rich.table import Table
@@ -106,24 +126,77 @@ def _print_slide(console, summary: dict) -> None:
         console.print(f"[red]error:[/red] {error}", highlight=False)
 
 
-def run_analysis(paths, analyzer, session_factory, show_progress: bool = True) -> list[dict]:
-    """Analyse and store each slide folder; returns the JSON summaries."""
-    from rich.progress import Progress
+def run_analysis(paths, analyzer, session_factory, show_progress: bool = True, **options) -> list[dict]:
+    """Analyse and store each slide folder; returns the JSON summaries.
 
-    from smearflow.db.engine import session_scope
-    from smearflow.jobs import analyze_folder, store_result
+    One slide never stops the others: a folder that is not a slide, a patient
+    conflict, an unexpected error or a database failure becomes that slide's
+    summary, and the next slide goes on. ``options`` go to :func:`analyze_one`.
+    """
+    from rich.progress import Progress
 
     summaries = []
     with Progress(console=stderr_console(), disable=not show_progress, transient=True) as progress:
         task = progress.add_task("slides", total=len(paths))
         for path in paths:
             progress.update(task, description=f"slide {Path(path).name}")
-            result = analyze_folder(path, analyzer, on_field=lambda field: progress.refresh())
-            with session_scope(session_factory) as session:
-                store_result(session, result, analyzer.classifier)
-            summaries.append(slide_summary(result))
+            summaries.append(analyze_one(path, analyzer, session_factory, on_field=lambda field: progress.refresh(), **options))
             progress.advance(task)
     return summaries
+
+
+def analyze_one(path, analyzer, session_factory, *, on_field=None, reassign=False, max_fields=2000) -> dict:
+    """Analyse and store one slide folder; every problem ends up in the returned summary.
+
+    A folder that is not a slide, or whose slide id is stored for another
+    patient, is recorded as a rejected folder (status ``rejected``).
+    """
+    import getpass
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from smearflow.db.migrate import database_error_line
+    from smearflow.errors import BadSlideError, SlideConflictError
+    from smearflow.imageio import display_name
+    from smearflow.jobs import analyze_folder
+
+    summary = None
+    try:
+        try:
+            result = analyze_folder(path, analyzer, on_field=on_field, max_fields=max_fields)
+        except BadSlideError as error:
+            return _reject(session_factory, path, str(error))
+        summary = slide_summary(result)
+        try:
+            _store(session_factory, result, analyzer.classifier, reassign=reassign, actor=getpass.getuser())
+        except SlideConflictError as error:
+            return _reject(session_factory, path, str(error), result.info.slide_id)
+    except SQLAlchemyError as error:
+        summary = summary or rejected_summary(path, "not analysed", status="failed")
+        summary["errors"].append(f"not stored: {database_error_line(error, str(session_factory.kw['bind'].url))}")
+    except Exception as error:  # noqa: BLE001 - one slide never stops the run
+        logging.getLogger(__name__).exception("%s could not be analysed", display_name(path))
+        reason = f"{display_name(path)}: could not be analysed ({type(error).__name__}: {error})"
+        summary = rejected_summary(path, reason, status="failed")
+    return summary
+
+
+def _store(session_factory, result, classifier, **options) -> None:
+    from smearflow.db.engine import session_scope
+    from smearflow.jobs import store_result
+
+    with session_scope(session_factory) as session:
+        store_result(session, result, classifier, **options)
+
+
+def _reject(session_factory, path, reason: str, slide_id: str | None = None) -> dict:
+    from smearflow.db import lifecycle
+    from smearflow.db.engine import session_scope
+    from smearflow.imageio import display_name
+
+    with session_scope(session_factory) as session:
+        lifecycle.record_rejected_folder(session, display_name(path), reason, slide_code=slide_id)
+    return rejected_summary(path, reason, slide_id)
 
 
 @app.command()
@@ -138,35 +211,42 @@ def analyze(
     rbc_diameter_px: Annotated[
         Optional[float], typer.Option(help="Expected red-cell diameter in pixels (estimated when omitted).")
     ] = None,
+    reassign: Annotated[
+        bool, typer.Option("--reassign", help="Allow a folder to move a stored slide to another patient (recorded).")
+    ] = False,
+    max_fields: Annotated[int, typer.Option(help="Most field images one slide folder may hold.")] = 2000,
+    max_field_pixels: Annotated[
+        int, typer.Option(help="Most pixels one field may have (checked before decoding).")
+    ] = 40_000_000,
     as_json: JsonFlag = False,
 ):
     """Analyse slide folders, store the results and print a differential per slide.
 
-    Exits with status 1 when any slide or field failed (the others are still analysed and stored).
+    Exits with status 1 when any slide was rejected, failed or is partial, or
+    any field failed or was flagged (the others are still analysed and stored).
     """
     from smearflow.config import PipelineConfig
+    from smearflow.errors import PermanentError
     from smearflow.jobs import Analyzer
 
-    from smearflow.errors import PermanentError
-
+    _, factory = open_database(database_url)
     try:
         analyzer = Analyzer.load(
             model,
-            PipelineConfig(segmenter=segmenter),
+            PipelineConfig(segmenter=segmenter, max_field_pixels=max_field_pixels),
             segmentation_model_dir=segmentation_model,
             rbc_diameter_px=rbc_diameter_px,
         )
     except (PermanentError, ValueError) as error:
         raise fail(str(error)) from None
-    _, factory = open_database(database_url)
-    summaries = run_analysis(paths, analyzer, factory, show_progress=not as_json)
+    summaries = run_analysis(paths, analyzer, factory, show_progress=not as_json, reassign=reassign, max_fields=max_fields)
     if as_json:
         typer.echo(json.dumps(summaries, indent=2))
     else:
         console = stdout_console()
         for summary in summaries:
             _print_slide(console, summary)
-    if any(s["errors"] for s in summaries):
+    if any(s["errors"] or s["status"] != "done" for s in summaries):
         raise typer.Exit(code=1)
 
 
@@ -184,7 +264,7 @@ def counts(
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
-    _, factory = open_database(database_url)
+    _, factory = open_database(database_url, migrate=False)
     with session_scope(factory) as session:
         rows = repository.counts_for(session, patient_code=patient, slide_code=slide)
     if not rows:
@@ -338,9 +418,9 @@ def export_crops_command(
 
 
 def _register_command_modules() -> None:
-    from smearflow.commands import deployment, segmentation, training
+    from smearflow.commands import deployment, quality, segmentation, training
 
-    for module in (training, segmentation, deployment):
+    for module in (training, segmentation, quality, deployment):
         module.register(app)
 
 

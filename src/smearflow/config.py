@@ -8,6 +8,7 @@ benchmark run folder, and be reloaded with no code edits.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -62,6 +63,140 @@ class CropConfig(SerialisableConfig):
 
 
 @dataclass(frozen=True)
+class QualityConfig(SerialisableConfig):
+    """Thresholds of the field quality gate; each is a figure of :func:`smearflow.quality.field_measures`.
+
+    Brightness levels are 8-bit levels (0 to 255) of the luma
+    ``0.299 R + 0.587 G + 0.114 B``. Fractions are shares of the field's pixels
+    (0 to 1) unless said otherwise. Lengths are pixels of the shrunken copy
+    (see ``working_side_px``).
+
+    Attributes
+    ----------
+    working_side_px : int
+        The field is shrunk by an integer factor (averaging blocks of pixels)
+        until its longer side is at most this before anything is measured:
+        640 × 480 becomes 320 × 240. The figures are then about the same for
+        any camera resolution over the same field of view.
+    min_background_brightness : float
+        Flag "black or very dark" below this 95th percentile of brightness
+        (8-bit levels): the empty slide between cells is the brightest part of
+        a smear.
+    min_intensity_range : float
+        Flag "blank" below this spread of brightness, 99th minus 1st
+        percentile (8-bit levels).
+    min_neighbour_correlation : float
+        Flag "pure noise" below this correlation (-1 to 1) of each pixel's
+        brightness with its right and lower neighbours; real images are
+        smooth at the pixel scale (0.98 on BCCD fields), noise is not (0).
+    max_edge_blur_working_px : float
+        Flag "out of focus" above this blur of the sharpest edges, in pixels
+        of the shrunken copy (at 640 × 480 one of them is two field pixels):
+        the Gaussian sigma of an edge, estimated from how much its gradient
+        drops when the image is blurred again, at the 2nd percentile of the
+        edge points among the strongest 5 % of gradients that also stand 6
+        noise sigmas above the noise (``noise_sigma``). Measured on the
+        shrunken copy, a blur is judged relative to the field of view: a
+        camera with four times the pixels over the same view gives the same
+        figure.
+    min_straight_edge_step : float
+        A pixel is on a horizontal (vertical) edge when its brightness differs
+        from the pixel below (beside) it by more than this many 8-bit levels,
+        on the shrunken copy.
+    max_straight_edge_fraction : float
+        Flag "screenshot or window capture" above this length of the longest
+        straight horizontal or vertical edge, as a share of the field's width
+        (height): the border of a title bar, toolbar or panel. Cells are
+        round; their straight stretches are a fraction of a cell.
+    max_flat_fraction : float
+        Flag "drawing or heavily compressed image" above this share of pixels
+        equal in all three channels to all eight neighbours (on a grid of
+        every ``factor``-th pixel, not averaged; pixels 0 or 255 in a channel,
+        which clipping makes flat, are not counted). A camera's noise leaves
+        no flat pixel, but JPEG compression flattens a smooth background: at
+        quality 30 up to a third of a real field is flat.
+    min_chroma : float
+        A pixel is *coloured* when, after dividing by the background colour,
+        its largest channel exceeds its smallest by this much (0 to 1).
+    min_stained_fraction : float
+        Flag "no stain colour" below this share of coloured pixels.
+    off_stain_hue_deg : tuple of float
+        ``(from, to)``: hues (degrees, after white balance) a Romanowsky stain
+        does not give: orange, yellow, green, cyan. Stains lie from blue
+        through purple and pink to red.
+    max_off_stain_fraction : float
+        Flag "colours a Romanowsky stain does not give" above this share of
+        the colour (pixels weighted by chroma) in ``off_stain_hue_deg``.
+    dark_level : float
+        A pixel is *dark* below this fraction of the background brightness.
+    max_dark_fraction : float
+        Flag "large dark areas" above this share of dark pixels.
+    min_rbc_count : int
+        Flag "too few red cells" below this count (when one is given).
+    """
+
+    working_side_px: int = 320
+    min_background_brightness: float = 100.0
+    min_intensity_range: float = 25.0
+    min_neighbour_correlation: float = 0.5
+    max_edge_blur_working_px: float = 1.1
+    min_straight_edge_step: float = 12.0
+    max_straight_edge_fraction: float = 0.5
+    max_flat_fraction: float = 0.5
+    min_chroma: float = 0.08
+    min_stained_fraction: float = 0.05
+    off_stain_hue_deg: tuple[float, float] = (30.0, 200.0)
+    max_off_stain_fraction: float = 0.15
+    dark_level: float = 0.4
+    max_dark_fraction: float = 0.15
+    min_rbc_count: int = 3
+
+    def __post_init__(self):
+        if isinstance(self.off_stain_hue_deg, list):
+            object.__setattr__(self, "off_stain_hue_deg", tuple(self.off_stain_hue_deg))
+        if isinstance(self.working_side_px, bool) or not isinstance(self.working_side_px, int) or self.working_side_px < 64:
+            raise ValueError(
+                f"working_side_px must be an integer of at least 64. Received: working_side_px={self.working_side_px!r}"
+            )
+        for name in ("min_background_brightness", "min_intensity_range"):
+            _require(name, getattr(self, name), 0.0, 255.0, "an 8-bit level in [0, 255]")
+        _require("min_neighbour_correlation", self.min_neighbour_correlation, -1.0, 1.0, "in [-1, 1]")
+        _require("max_edge_blur_working_px", self.max_edge_blur_working_px, 0.0, math.inf, "positive", open_low=True)
+        _require("min_straight_edge_step", self.min_straight_edge_step, 0.0, 255.0, "an 8-bit level in [0, 255]")
+        for name in (
+            "max_straight_edge_fraction",
+            "max_flat_fraction",
+            "min_chroma",
+            "min_stained_fraction",
+            "max_off_stain_fraction",
+            "dark_level",
+            "max_dark_fraction",
+        ):
+            _require(name, getattr(self, name), 0.0, 1.0, "a fraction in [0, 1]")
+        hues = self.off_stain_hue_deg
+        if (
+            not isinstance(hues, tuple)
+            or len(hues) != 2
+            or not all(isinstance(h, (int, float)) and 0.0 <= h <= 360.0 for h in hues)
+            or not hues[0] < hues[1]
+        ):
+            raise ValueError(
+                "off_stain_hue_deg must be two hues (from, to) in [0, 360] degrees with from < to. "
+                f"Received: off_stain_hue_deg={hues!r}"
+            )
+        if isinstance(self.min_rbc_count, bool) or not isinstance(self.min_rbc_count, int) or self.min_rbc_count < 0:
+            raise ValueError(
+                f"min_rbc_count must be zero or a positive integer. Received: min_rbc_count={self.min_rbc_count!r}"
+            )
+
+
+def _require(name: str, value, low: float, high: float, what: str, open_low: bool = False) -> None:
+    number_ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number_ok or value < low or value > high or (open_low and value <= low):
+        raise ValueError(f"{name} must be {what}. Received: {name}={value!r}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig(SerialisableConfig):
     """Settings of the analyse-one-slide pipeline.
 
@@ -81,6 +216,15 @@ class PipelineConfig(SerialisableConfig):
         A candidate the segmenter found as a white cell (nucleus and
         cytoplasm, white-cell size) gets the most probable white-cell class:
         the classifier's ``platelet`` class is ruled out for it.
+    max_field_pixels : int
+        A field with more pixels is refused from its header, before decoding.
+    min_field_side_px : int
+        A field narrower or lower than this is refused.
+    check_quality : bool
+        Flag fields that are not usable stained smears (``quality``) and
+        leave them out of the counts.
+    quality : QualityConfig
+        The thresholds of the field quality gate.
     """
 
     segmenter: str = "classical"
@@ -89,6 +233,10 @@ class PipelineConfig(SerialisableConfig):
     batch_size: int = 32
     wbc_never_platelet: bool = True
     crop: CropConfig = CropConfig()
+    max_field_pixels: int = 40_000_000
+    min_field_side_px: int = 64
+    check_quality: bool = True
+    quality: QualityConfig = QualityConfig()
 
     def __post_init__(self):
         if self.segmenter not in ("classical", "unet"):
@@ -99,5 +247,10 @@ class PipelineConfig(SerialisableConfig):
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1. Received: batch_size={self.batch_size}")
+        for name in ("max_field_pixels", "min_field_side_px"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
         if isinstance(self.crop, dict):
             object.__setattr__(self, "crop", CropConfig.from_dict(self.crop))
+        if isinstance(self.quality, dict):
+            object.__setattr__(self, "quality", QualityConfig.from_dict(self.quality))

@@ -27,6 +27,14 @@ class BadSlideError(PermanentError, ValueError):
     """A slide folder that cannot be analysed (missing, empty, bad slide.json)."""
 
 
+class SlideConflictError(PermanentError):
+    """A slide id already stored for another patient or from another folder."""
+
+
+class DatabaseNotReadyError(PermanentError):
+    """The results database is missing, unreachable, or its schema is not this version's."""
+
+
 class BadModelError(PermanentError, ValueError):
     """A model folder that is incomplete or inconsistent."""
 

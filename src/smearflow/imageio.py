@@ -42,11 +42,13 @@ field. The size comes from the file's header and a larger image is refused
 before a single pixel is decoded, so a hostile or broken file cannot make a
 worker allocate gigabytes (a 40 MP RGB field is 120 MB decoded)."""
 
-MIN_SIDE_PX = 64
-"""Default ``min_side_px`` of :func:`read_rgb`: the shortest side a field may have, in pixels.
+MIN_FIELD_SIDE_PX = 64
+"""The shortest side a field of view may have, in pixels (``PipelineConfig.min_field_side_px``).
 
 A field narrower than this cannot hold one whole red cell at any magnification
-smearflow is used at (red cells are 30 to 100 px across)."""
+smearflow is used at (red cells are 30 to 100 px across). :func:`read_rgb`
+itself accepts any size unless ``min_side_px`` is given: training crops and
+masks are images too, and small ones."""
 
 _PILLOW_FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
 """Formats Pillow may identify a file as (a multi-picture JPEG, MPO, is a JPEG); no other decoder is
@@ -108,7 +110,7 @@ def is_image_file(path: Path) -> bool:
 
 
 def read_rgb(
-    path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, min_side_px: int = MIN_SIDE_PX
+    path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, min_side_px: int = 1
 ) -> np.ndarray:
     """Read a field of view as 8-bit RGB.
 
@@ -136,7 +138,8 @@ def read_rgb(
         Pillow refuses anything above twice ``PIL.Image.MAX_IMAGE_PIXELS``
         (about 179 million pixels) whatever this is.
     min_side_px : int, keyword-only
-        Shortest side read, in pixels; default :data:`MIN_SIDE_PX` (64).
+        Shortest side accepted, in pixels; any size by default. The pipeline
+        reads fields with :data:`MIN_FIELD_SIDE_PX` (64).
 
     Returns
     -------
@@ -167,7 +170,7 @@ def read_rgb(
             raise BadImageError(f"{name}: unreadable or truncated image ({_describe(error)})") from None
     rows, cols = image.shape[:2]
     if min(rows, cols) < min_side_px:
-        raise BadImageError(f"{name}: {cols}×{rows} px, a field must be at least {min_side_px} px on each side")
+        raise BadImageError(f"{name}: {cols}×{rows} px, smaller than the {min_side_px} px a side a field needs")
     return image
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from smearflow.config import PipelineConfig
-from smearflow.errors import BadSlideError
+from smearflow.slides import DEFAULT_MAX_FIELDS
 from smearflow.types import FieldResult, SlideInfo, SlideResult
 
 logger = logging.getLogger(__name__)
@@ -47,26 +47,17 @@ class Analyzer:
         )
         return cls(segmenter=segmenter, classifier=Classifier.load(model_dir), config=config)
 
-    def analyze(self, info: SlideInfo, on_field: Callable[[FieldResult], None] | None = None) -> SlideResult:
+    def analyze(
+        self,
+        info: SlideInfo,
+        on_field: Callable[[FieldResult], None] | None = None,
+        propagate: tuple[type[BaseException], ...] = (),
+    ) -> SlideResult:
         from smearflow.pipeline import analyze_slide
 
-        return analyze_slide(info, self.segmenter, self.classifier, self.config, on_field=on_field)
-
-
-def failed_slide_result(folder: str | Path, error: str, slide_id: str | None = None) -> SlideResult:
-    """A :class:`SlideResult` for a slide that could not be analysed at all."""
-    folder = Path(folder)
-    info = SlideInfo(
-        slide_id=slide_id or folder.name or str(folder),
-        patient_id=None,
-        collected_at=None,
-        notes=None,
-        folder=str(folder.absolute()),
-        field_paths=(),
-    )
-    return SlideResult(
-        info=info, status="failed", fields=(), counts={}, rbc_count=0, platelet_count=0, model_version=None, errors=(error,)
-    )
+        return analyze_slide(
+            info, self.segmenter, self.classifier, self.config, on_field=on_field, propagate=propagate
+        )
 
 
 def analyze_folder(
@@ -74,33 +65,54 @@ def analyze_folder(
     analyzer: Analyzer,
     on_field: Callable[[FieldResult], None] | None = None,
     slide_id: str | None = None,
+    *,
+    max_fields: int = DEFAULT_MAX_FIELDS,
+    propagate: tuple[type[BaseException], ...] = (),
 ) -> SlideResult:
-    """Read a slide folder and analyse it; a bad folder becomes a failed result, not an exception."""
+    """Read a slide folder and analyse it.
+
+    Parameters
+    ----------
+    folder : str or Path
+    analyzer : Analyzer
+    on_field : callable, optional
+        Called with each field's result as it completes.
+    slide_id : str, optional
+        The id the slide is registered under (the worker's); replaces the folder's own.
+    max_fields : int
+        A folder with more field images is refused.
+    propagate : tuple of exception types
+        Errors that end the slide instead of one field (a task's time limit).
+
+    Raises
+    ------
+    smearflow.errors.BadSlideError
+        When the folder cannot be read as a slide (see
+        :func:`smearflow.slides.read_slide_folder`); no field was analysed.
+    """
     from smearflow.slides import read_slide_folder
 
-    try:
-        info = read_slide_folder(folder)
-    except BadSlideError as error:
-        logger.warning("%s", error)
-        return failed_slide_result(folder, str(error), slide_id)
+    info = read_slide_folder(folder, max_fields=max_fields)
     if slide_id is not None and slide_id != info.slide_id:
         info = dataclasses.replace(info, slide_id=slide_id)
-    return analyzer.analyze(info, on_field=on_field)
+    return analyzer.analyze(info, on_field=on_field, propagate=propagate)
 
 
-def store_result(session, result: SlideResult, classifier=None) -> None:
+def store_result(session, result: SlideResult, classifier=None, *, reassign: bool = False, actor: str | None = None) -> None:
     """Write one slide's result in the caller's transaction.
 
-    A slide that failed as a whole keeps whatever results were stored for it
-    before; only its status and error change.
+    A failed result never changes a stored slide's metadata or results (see
+    :func:`smearflow.db.repository.store_slide_result`).
+
+    Raises
+    ------
+    smearflow.errors.SlideConflictError
+        When the slide is stored for another patient and ``reassign`` is false.
     """
     from smearflow.db import repository
 
-    if result.status == "failed" and not result.fields:
-        repository.record_slide_failure(session, result.info, "; ".join(result.errors))
-        return
     model_version = None
-    if classifier is not None:
+    if classifier is not None and result.status != "failed":
         folder = classifier.folder
         model_version = repository.get_or_create_model_version(
             session,
@@ -109,5 +121,4 @@ def store_result(session, result: SlideResult, classifier=None) -> None:
             path=str(folder.path),
             metrics={k: v for k, v in folder.metrics.items() if isinstance(v, (int, float, str))},
         )
-    repository.store_slide_result(session, result, model_version)
-
+    repository.store_slide_result(session, result, model_version, reassign=reassign, actor=actor)

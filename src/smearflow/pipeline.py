@@ -15,6 +15,7 @@ import numpy as np
 
 from smearflow.config import PipelineConfig
 from smearflow.errors import BadImageError
+from smearflow.quality import assess_field
 from smearflow.types import ClassifiedCell, FieldResult, SlideInfo, SlideResult
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,11 @@ def cells_to_classify(cells, config: PipelineConfig) -> list[int]:
 
 
 def analyze_field(name: str, image: np.ndarray, segmenter, classifier, config: PipelineConfig) -> FieldResult:
-    """Segment one field, classify its white cells (and platelets) and count.
+    """Check one field's quality, segment it, classify its white cells (and platelets) and count.
+
+    A field the quality gate rejects (:func:`smearflow.quality.assess_field`:
+    before segmentation, then for too few red cells) is returned ``flagged``
+    with its reasons, and nothing in it counts.
 
     Parameters
     ----------
@@ -47,7 +52,12 @@ def analyze_field(name: str, image: np.ndarray, segmenter, classifier, config: P
     """
     from smearflow.segmentation.crops import crop_cells, crop_side_px
 
+    quality = assess_field(image, config.quality) if config.check_quality else None
+    if quality is not None and not quality.usable:
+        return flagged_field(name, image, quality)
     segmentation = segmenter.segment(image)
+    if quality is not None and segmentation.count("rbc") < config.quality.min_rbc_count:
+        return flagged_field(name, image, assess_field(image, config.quality, rbc_count=segmentation.count("rbc")))
     cells = list(segmentation.cells)
     chosen = cells_to_classify(cells, config)
     side_px = crop_side_px(segmentation.rbc_diameter_px, config.crop.crop_side_rbc_diameters)
@@ -70,6 +80,7 @@ def analyze_field(name: str, image: np.ndarray, segmenter, classifier, config: P
         wbc_counts=dict(wbc_counts),
         rbc_count=sum(1 for c in cells if c.kind == "rbc" and c.counted),
         platelet_count=sum(1 for c in cells if c.kind == "platelet" and c.counted),
+        quality=dict(quality.measures) if quality is not None else {},
     )
 
 
@@ -83,6 +94,58 @@ def failed_field(name: str, error: str) -> FieldResult:
     return FieldResult(name=name, status="failed", error=error)
 
 
+def flagged_field(name: str, image: np.ndarray, quality) -> FieldResult:
+    """A field the quality gate left out of the counts, with its reasons and measures."""
+    return FieldResult(
+        name=name,
+        status="flagged",
+        error=f"{name}: not counted: {'; '.join(quality.reasons)}",
+        height_px=int(image.shape[0]),
+        width_px=int(image.shape[1]),
+        quality=dict(quality.measures),
+    )
+
+
+def analyze_path(
+    path: str,
+    segmenter,
+    classifier,
+    config: PipelineConfig,
+    read_image: Callable[[str], np.ndarray],
+    propagate: tuple[type[BaseException], ...] = (),
+) -> FieldResult:
+    """Read and analyse one field file; whatever goes wrong becomes that field's ``failed`` result.
+
+    Parameters
+    ----------
+    path : str
+    segmenter, classifier, config
+        See :func:`analyze_field`.
+    read_image : callable
+        ``path -> RGB uint8 image``.
+    propagate : tuple of exception types
+        Errors that must end the whole slide instead (a time limit).
+    """
+    from smearflow.imageio import display_name
+
+    name = display_name(Path(path).name)
+    try:
+        image = read_image(path)
+    except propagate:
+        raise
+    except BadImageError as error:
+        return failed_field(name, str(error))
+    except Exception as error:  # noqa: BLE001 - one field never stops a slide
+        return failed_field(name, f"{name}: could not be read ({type(error).__name__}: {error})")
+    try:
+        return analyze_field(name, image, segmenter, classifier, config)
+    except propagate:
+        raise
+    except Exception as error:  # noqa: BLE001 - one field never stops a slide
+        logger.exception("field %s could not be analysed", name)
+        return failed_field(name, f"{name}: could not be analysed ({type(error).__name__}: {error})")
+
+
 def analyze_slide(
     info: SlideInfo,
     segmenter,
@@ -91,13 +154,15 @@ def analyze_slide(
     *,
     read_image: Callable[[str], np.ndarray] | None = None,
     on_field: Callable[[FieldResult], None] | None = None,
+    propagate: tuple[type[BaseException], ...] = (),
 ) -> SlideResult:
     """Analyse every field of a slide and total the differential.
 
-    A field that cannot be read (:class:`BadImageError`) is recorded as
-    ``failed`` with its error and the other fields go on. The slide is
-    ``done`` when at least one field was analysed, ``failed`` otherwise; its
-    ``errors`` list every field error either way.
+    Any error while reading, checking, segmenting or classifying one field
+    makes that field ``failed`` with the file name and the reason; a field
+    the quality gate rejects is ``flagged``; the other fields go on. The
+    slide is ``done`` when every field counted, ``partial`` when some did,
+    ``failed`` when none did; its ``errors`` list every field's problem.
 
     Parameters
     ----------
@@ -107,24 +172,32 @@ def analyze_slide(
         See :func:`analyze_field`.
     config : PipelineConfig
     read_image : callable, optional
-        ``path -> RGB uint8 image``; defaults to :func:`smearflow.imageio.read_rgb`.
+        ``path -> RGB uint8 image``; defaults to :func:`smearflow.imageio.read_rgb`
+        with the limits of ``config``.
     on_field : callable, optional
         Called with each :class:`FieldResult` as it completes (progress bars).
+    propagate : tuple of exception types
+        Errors that end the slide instead of one field (a task's time limit).
     """
     if read_image is None:
-        from smearflow.imageio import read_rgb as read_image
+        read_image = _image_reader(config)
     fields = []
     for path in info.field_paths:
-        name = Path(path).name
-        try:
-            result = analyze_field(name, read_image(path), segmenter, classifier, config)
-        except BadImageError as error:
-            logger.warning("slide %s: %s", info.slide_id, error)
-            result = failed_field(name, str(error))
+        result = analyze_path(path, segmenter, classifier, config, read_image, propagate)
+        if result.error:
+            logger.warning("slide %s: %s", info.slide_id, result.error)
         fields.append(result)
         if on_field is not None:
             on_field(result)
     return summarize_slide(info, fields, getattr(classifier, "version", None))
+
+
+def _image_reader(config: PipelineConfig) -> Callable[[str], np.ndarray]:
+    from functools import partial
+
+    from smearflow.imageio import read_rgb
+
+    return partial(read_rgb, max_pixels=config.max_field_pixels, min_side_px=config.min_field_side_px)
 
 
 def summarize_slide(info: SlideInfo, fields: list[FieldResult], model_version: str | None) -> SlideResult:
@@ -141,7 +214,7 @@ def summarize_slide(info: SlideInfo, fields: list[FieldResult], model_version: s
         errors = (f"{info.folder}: slide has no field to analyse",)
     return SlideResult(
         info=info,
-        status="done" if done else "failed",
+        status=slide_status(len(done), len(fields)),
         fields=tuple(fields),
         counts=dict(sorted(counts.items())),
         rbc_count=sum(f.rbc_count for f in done),
@@ -150,3 +223,10 @@ def summarize_slide(info: SlideInfo, fields: list[FieldResult], model_version: s
         errors=errors,
         unclassified_wbc=unclassified,
     )
+
+
+def slide_status(n_counted: int, n_fields: int) -> str:
+    """``done`` when every field counted, ``partial`` when some did, ``failed`` when none did."""
+    if n_counted == 0:
+        return "failed"
+    return "done" if n_counted == n_fields else "partial"

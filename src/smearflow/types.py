@@ -13,7 +13,8 @@ from typing import Literal
 import numpy as np
 
 CellKind = Literal["wbc", "rbc", "platelet"]
-Status = Literal["queued", "running", "done", "failed"]
+Status = Literal["queued", "running", "done", "partial", "failed"]
+FieldStatus = Literal["done", "flagged", "failed"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,16 @@ class ClassifiedCell:
 
 @dataclass(frozen=True)
 class FieldResult:
-    """The outcome of analysing one field of view (one image file)."""
+    """The outcome of analysing one field of view (one image file).
+
+    ``status`` is ``done``, ``failed`` (it could not be read or analysed;
+    ``error`` says why) or ``flagged`` (the quality gate found it is not a
+    usable stained smear; ``error`` gives the reasons). Only ``done`` fields
+    count. ``quality`` holds the gate's measures.
+    """
 
     name: str
-    status: Status
+    status: FieldStatus
     error: str | None = None
     cells: tuple[ClassifiedCell, ...] = ()
     width_px: int = 0
@@ -81,6 +88,7 @@ class FieldResult:
     wbc_counts: dict[str, int] = field(default_factory=dict)
     rbc_count: int = 0
     platelet_count: int = 0
+    quality: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,10 @@ class SlideInfo:
 @dataclass(frozen=True)
 class SlideResult:
     """A whole slide: its fields, its differential and the errors met.
+
+    ``status`` is ``done`` when every field counted, ``partial`` when some
+    fields failed or were flagged but at least one counted, ``failed`` when
+    none did.
 
     ``counts`` maps a class name to the number of counted white-cell
     candidates the classifier gave that class (``platelet`` appears when a

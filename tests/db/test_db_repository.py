@@ -94,13 +94,18 @@ def test_wbc_total_leaves_out_the_platelet_label(db_session, make_slide_result):
 def test_register_slide_upserts_and_requeues(db_session, make_slide_info):
     session = db_session
     slide = repo.register_slide(session, make_slide_info(patient_id="P-01"))
-    slide.attempts, slide.error = 2, "killed"
-    repo.register_slide(session, make_slide_info(patient_id="P-09", folder="/moved", collected_at=None))
+    slide.attempts, slide.requeues, slide.error = 2, 1, "killed"
+    repo.register_slide(
+        session, make_slide_info(patient_id="P-01", folder="/moved", collected_at=None), done_dir="/d", failed_dir="/f"
+    )
     assert _n(session, Slide) == 1
-    assert (slide.folder, slide.patient.patient_code, slide.collected_at) == ("/moved", "P-09", None)
-    assert (slide.status, slide.attempts, slide.error) == ("queued", 0, None)
-    repo.register_slide(session, make_slide_info(patient_id=None, collected_at="2024-03-02"), status="running")
-    assert slide.patient is None
+    assert (slide.folder, slide.patient.patient_code, slide.collected_at) == ("/moved", "P-01", None)
+    assert (slide.status, slide.attempts, slide.requeues, slide.error) == ("queued", 0, 0, None)
+    assert (slide.done_dir, slide.failed_dir) == ("/d", "/f") and slide.queued_at is not None
+    repo.register_slide(
+        session, make_slide_info(patient_id="P-09", collected_at="2024-03-02"), status="running", reassign=True
+    )
+    assert slide.patient.patient_code == "P-09"
     assert slide.collected_at == datetime(2024, 3, 2, tzinfo=UTC)
     assert slide.status == "running"
 
@@ -169,9 +174,11 @@ def test_failure_keeps_the_earlier_result(db_session, make_slide_info, make_slid
     slide = repo.record_slide_failure(session, make_slide_info(), FileNotFoundError("no folder"))
     session.commit()
     after = repo.counts_for(session)[0]
-    assert (slide.status, slide.error) == ("failed", "FileNotFoundError: no folder")
-    assert after["counts"] == before["counts"] and after["rbc_count"] == before["rbc_count"]
-    assert after["status"] == "failed"
+    assert after == before  # status, counts, patient and error all unchanged
+    assert slide.status == "done"
+    assert [(e.kind, e.detail) for e in repo.slide_events(session, "S-001")] == [
+        ("analysis-failed", "FileNotFoundError: no folder")
+    ]
 
     failed = SlideResult(
         info=make_slide_info(), status="failed", errors=("every field failed",), counts={},
@@ -180,9 +187,8 @@ def test_failure_keeps_the_earlier_result(db_session, make_slide_info, make_slid
     )
     repo.store_slide_result(session, failed, None)
     session.commit()
-    after = repo.counts_for(session)[0]
-    assert (after["status"], after["error"]) == ("failed", "every field failed")
-    assert after["counts"] == before["counts"]
+    assert repo.counts_for(session)[0] == before
+    assert repo.slide_events(session, "S-001")[-1].detail == "every field failed"
     assert _n(session, Field, Field.status == "done") == 1
 
 
@@ -250,69 +256,95 @@ def test_set_slide_status(db_session, make_slide_info):
         repo.set_slide_status(session, "S-404", "done")
 
 
-def test_claim_slide_is_bounded_by_max_attempts(db_session, make_slide_info):
+def test_a_slide_is_never_moved_to_another_patient_without_reassign(db_session, make_slide_info, make_slide_result):
+    from smearflow.errors import SlideConflictError
+
     session = db_session
-    repo.register_slide(session, make_slide_info())
+    repo.store_slide_result(session, make_slide_result(make_slide_info("S-001", patient_id="P-01")), None)
     session.commit()
-    first = repo.claim_slide(session, "S-001", max_attempts=2)
+    for patient in ("P-02", None):
+        with pytest.raises(SlideConflictError, match="slide S-001 is stored for patient P-01; this folder names") as info:
+            repo.store_slide_result(session, make_slide_result(make_slide_info("S-001", patient_id=patient)), None)
+        assert (patient or "no patient") in str(info.value) and "--reassign" in str(info.value)
+        session.rollback()
+        with pytest.raises(SlideConflictError, match="stored for patient P-01"):
+            repo.register_slide(session, make_slide_info("S-001", patient_id=patient))
+        session.rollback()
+    assert repo.counts_for(session, patient_code="P-01")[0]["slide_id"] == "S-001"
+
+    repo.store_slide_result(
+        session, make_slide_result(make_slide_info("S-001", patient_id="P-02")), None, reassign=True, actor="tech-7"
+    )
     session.commit()
-    assert (first.status, first.attempts) == ("running", 1)
-    # The worker died; the task is redelivered and claims again.
-    again = repo.claim_slide(session, "S-001", max_attempts=2)
+    assert repo.counts_for(session, patient_code="P-01") == []
+    assert repo.counts_for(session, patient_code="P-02")[0]["slide_id"] == "S-001"
+    (event,) = repo.slide_events(session, "S-001")
+    assert (event.kind, event.detail, event.actor) == ("reassigned", "patient P-01 -> P-02", "tech-7")
+
+
+def test_a_slide_without_a_patient_may_be_given_one(db_session, make_slide_info, make_slide_result):
+    session = db_session
+    repo.store_slide_result(session, make_slide_result(make_slide_info("S-001", patient_id=None)), None)
+    repo.store_slide_result(session, make_slide_result(make_slide_info("S-001", patient_id="P-05")), None)
     session.commit()
-    assert (again.status, again.attempts) == ("running", 2)
-    assert repo.claim_slide(session, "S-001", max_attempts=2) is None
+    assert repo.counts_for(session, patient_code="P-05")[0]["slide_id"] == "S-001"
+    assert repo.slide_events(session, "S-001") == []
+
+
+def test_a_failed_attempt_never_changes_stored_metadata_or_results(db_session, make_slide_info, make_slide_result):
+    session = db_session
+    repo.store_slide_result(session, make_slide_result(make_slide_info("S-001", patient_id="P-01")), None)
+    session.commit()
+    before = repo.counts_for(session, slide_code="S-001")
+    bare = make_slide_info("S-001", patient_id=None, collected_at=None)
+    repo.record_slide_failure(session, bare, "bad slide.json")
+    repo.store_slide_result(session, make_slide_result(bare, status="failed", labels=()), None)
+    repo.record_slide_failure(session, "S-001", "the folder vanished")
+    session.commit()
+    assert repo.counts_for(session, slide_code="S-001") == before
+    assert repo.counts_for(session, patient_code="P-01")[0]["status"] == "done"
+    events = repo.slide_events(session, "S-001")
+    assert [e.kind for e in events] == ["analysis-failed"] * 3
+    assert events[0].detail == "bad slide.json" and events[2].detail == "the folder vanished"
+
+
+def test_a_partial_result_keeps_partial_after_a_failed_attempt(db_session, make_slide_info, make_slide_result):
+    session = db_session
+    info = make_slide_info()
+    repo.store_slide_result(session, make_slide_result(info, failed_field=True, status="partial"), None)
+    repo.record_slide_failure(session, "S-001", "gone")
+    session.commit()
+    assert repo.get_slide(session, "S-001").status == "partial"
+
+
+def test_flagged_fields_are_stored_with_their_reason_and_measures(db_session, make_slide_info):
+    session = db_session
+    info = make_slide_info()
+    fields = (
+        FieldResult(name="f1.png", status="flagged", error="f1.png: not counted: blank field", quality={"contrast": 2.0}),
+        FieldResult(name="f2.png", status="failed", error="f2.png: unreadable"),
+    )
+    result = SlideResult(info, "failed", fields, {}, 0, 0, None, tuple(f.error for f in fields))
+    repo.store_slide_result(session, result, None)
     session.commit()
     slide = repo.get_slide(session, "S-001")
-    assert slide.status == "failed"
-    assert "Gave up after 2 attempt(s) (max_attempts=2)" in slide.error
-    # A failed or done slide is not claimed; queuing it again starts afresh.
-    assert repo.claim_slide(session, "S-001", max_attempts=5) is None
-    repo.register_slide(session, make_slide_info())
-    assert repo.claim_slide(session, "S-001", max_attempts=5).attempts == 1
-    repo.set_slide_status(session, "S-001", "done")
-    assert repo.claim_slide(session, "S-001", max_attempts=5) is None
+    stored = {f.name: f for f in slide.fields}
+    assert (stored["f1.png"].status, stored["f1.png"].quality) == ("flagged", {"contrast": 2.0})
+    assert stored["f2.png"].quality is None and slide.status == "failed"
 
 
-def test_claim_slide_rejects_bad_input(db_session):
-    for bad in (0, 1.5, True):
-        with pytest.raises(ValueError, match=f"Received: max_attempts={bad!r}"):
-            repo.claim_slide(db_session, "S-001", max_attempts=bad)
-    with pytest.raises(LookupError, match="slide_code='S-404'"):
-        repo.claim_slide(db_session, "S-404", max_attempts=3)
+def test_insert_unless_present_refuses_other_databases():
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(get_bind=lambda: SimpleNamespace(dialect=SimpleNamespace(name="mysql")))
+    with pytest.raises(NotImplementedError, match="Received: dialect='mysql'"):
+        repo.insert_unless_present(fake, Slide, {"slide_code": "S"}, "slide_code")
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_claim_slide_locks_the_row_on_postgres(db_engine, make_slide_info):
-    from smearflow.db import session_factory
-
-    factory = session_factory(db_engine)
-    with factory() as setup:
-        repo.register_slide(setup, make_slide_info())
-        setup.commit()
-    with factory() as first, factory() as second:
-        assert repo.claim_slide(first, "S-001", max_attempts=3) is not None  # holds the lock, uncommitted
-        second.execute(sa.text("SET lock_timeout = '200ms'"))
-        with pytest.raises(sa.exc.OperationalError, match="lock"):
-            repo.claim_slide(second, "S-001", max_attempts=3)
-        second.rollback()
-        first.commit()
-        assert repo.claim_slide(second, "S-001", max_attempts=3).attempts == 2
-
-
-def test_status_summary(db_session, make_slide_info, make_slide_result):
-    session = db_session
-    repo.register_slide(session, make_slide_info("S-A"))
-    repo.store_slide_result(session, make_slide_result(make_slide_info("S-B")), None)
-    repo.record_slide_failure(session, "S-C", "gone")
-    session.commit()
-    summary = repo.status_summary(session)
-    assert summary["counts"] == {"queued": 1, "running": 0, "done": 1, "failed": 1}
-    rows = {row["slide_id"]: row for row in summary["slides"]}
-    assert set(rows) == {"S-A", "S-B", "S-C"}
-    assert rows["S-C"]["error"] == "gone" and rows["S-A"]["attempts"] == 0
-    assert datetime.fromisoformat(rows["S-A"]["updated_at"]).tzinfo is not None
+def test_add_slide_event_checks_the_kind(db_session, make_slide_info):
+    slide = repo.register_slide(db_session, make_slide_info())
+    with pytest.raises(ValueError, match="Received: kind='renamed'"):
+        repo.add_slide_event(db_session, slide, "renamed", "x")
 
 
 # --------------------------------------------------------------------------- model versions

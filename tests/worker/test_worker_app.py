@@ -26,6 +26,7 @@ def test_tasks_are_routed_to_their_queues():
     assert router.route({}, "smearflow.analyze_slide")["queue"].name == "t1-slides"
     assert router.route({}, "smearflow.retrain")["queue"].name == "t1-training"
     assert router.route({}, "smearflow.rebenchmark")["queue"].name == "t1-training"
+    assert router.route({}, "smearflow.reconcile")["queue"].name == "t1-slides"
     assert app.conf.task_default_queue == "t1-slides"
     assert settings_of(app).queue_prefix == "t1-"
 
@@ -44,7 +45,7 @@ def test_celery_command_line_finds_the_app():
 
     found = find_app("smearflow.worker")
     assert found is smearflow.worker.app
-    assert {"smearflow.analyze_slide", "smearflow.retrain", "smearflow.rebenchmark"} <= set(found.tasks.keys())
+    assert {"smearflow.analyze_slide", "smearflow.reconcile", "smearflow.retrain", "smearflow.rebenchmark"} <= set(found.tasks.keys())
 
 
 def test_settings_of_an_app_without_settings_reads_the_environment(monkeypatch):
@@ -52,3 +53,25 @@ def test_settings_of_an_app_without_settings_reads_the_environment(monkeypatch):
 
     monkeypatch.setenv("SMEARFLOW_QUEUE_PREFIX", "env-")
     assert settings_of(Celery("plain", set_as_current=False)).slides_queue == "env-slides"
+
+
+def test_beat_reconciles_on_the_slides_queue_every_interval():
+    config = celery_config(WorkerSettings(queue_prefix="t2-", reconcile_interval_s=45))
+    entry = config["beat_schedule"]["reconcile-slides"]
+    assert (entry["task"], entry["schedule"], entry["options"]) == (
+        "smearflow.reconcile", 45, {"queue": "t2-slides", "expires": 45}
+    )
+
+
+def test_a_starting_worker_asks_for_a_reconciliation():
+    from types import SimpleNamespace
+
+    from smearflow.worker import tasks
+
+    app = make_celery_app(WorkerSettings(queue_prefix="t3-", broker_url="memory://"))
+    sent = []
+    app.send_task = lambda name, **kwargs: sent.append((name, kwargs))
+    tasks._reconcile_at_start(sender=SimpleNamespace(app=app))
+    assert sent == [("smearflow.reconcile", {"queue": "t3-slides"})]
+    tasks._reconcile_at_start(sender=None)  # no app: nothing to do
+    assert len(sent) == 1

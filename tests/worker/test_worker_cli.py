@@ -28,6 +28,7 @@ def celery_app(monkeypatch):
 @pytest.fixture
 def run(sqlite_url, monkeypatch):
     monkeypatch.delenv("SMEARFLOW_DATABASE_URL", raising=False)
+    monkeypatch.setenv("SMEARFLOW_BROKER_URL", "memory://")  # status reads no real broker
     runner = CliRunner()
 
     def invoke(*args, db=True):
@@ -45,7 +46,7 @@ def test_enqueue_then_status(tmp_path, run, celery_app):
     assert [(r["slide_id"], r["action"]) for r in rows] == [("A", "enqueued"), ("B", "enqueued")]
     name, kwargs = celery_app.sent[0]
     assert name == "smearflow.analyze_slide" and kwargs["queue"] == "cli-slides"
-    assert kwargs["kwargs"] == {"done_dir": str((tmp_path / "done").resolve()), "failed_dir": None}
+    assert kwargs["kwargs"] == {"done_dir": str(tmp_path / "done"), "failed_dir": None}
 
     again = run("enqueue", str(a))
     assert again.exit_code == 0 and "skipped" in again.output and "already queued" in again.output
@@ -53,9 +54,10 @@ def test_enqueue_then_status(tmp_path, run, celery_app):
 
     status = run("status", "--json")
     summary = json.loads(status.output)
-    assert summary["counts"] == {"queued": 2, "running": 0, "done": 0, "failed": 0}
+    assert summary["counts"] == {"queued": 2, "running": 0, "done": 0, "partial": 0, "failed": 0, "rejected": 0}
+    assert summary["queue_depth"] is None  # the in-memory broker cannot be read
     assert {s["slide_id"] for s in summary["slides"]} == {"A", "B"}
-    assert len(json.loads(run("status", "--json", "--limit", "1").output)["slides"]) == 1
+    assert len(json.loads(run("status", "--json", "--limit", "1").output)["slides"]) == 2  # slides in hand always show
     table = run("status")
     assert table.exit_code == 0 and "queued" in table.output and "latest" in table.output
 
@@ -73,6 +75,42 @@ def test_enqueue_reports_an_unreachable_broker(tmp_path, run, celery_app):
     celery_app.send_task = refuse
     result = run("enqueue", str(write_slide(tmp_path / "C")), "--json")
     assert result.exit_code == 1 and "broker is unavailable" in json.loads(result.output)[0]["reason"]
+
+
+def test_enqueue_rejects_a_slide_of_another_patient_unless_reassigned(tmp_path, run, celery_app):
+    assert run("enqueue", str(write_slide(tmp_path / "a" / "S", slide_json={"patient_id": "P-1"}))).exit_code == 0
+    run("enqueue", str(write_slide(tmp_path / "failed-copy" / "x", slide_json={"slide_id": "S"})))  # in hand: rejected
+    other = write_slide(tmp_path / "b" / "S", slide_json={"patient_id": "P-2"})
+    refused = run("enqueue", str(other), "--force", "--json")
+    assert refused.exit_code == 1
+    (row,) = json.loads(refused.stdout)
+    assert row["action"] == "rejected" and "stored for patient P-1" in row["reason"]
+    assert run("enqueue", str(other), "--force", "--reassign").exit_code == 0
+    status = json.loads(run("status", "--json").stdout)
+    assert status["counts"]["rejected"] == 2
+    assert {r["slide_id"] for r in status["rejected"]} == {"S"}
+    table = run("status").output
+    assert "rejected folders" in table and "stored for patient P-1" in table
+
+
+def test_reconcile_sends_a_slide_whose_lease_expired(tmp_path, run, celery_app, sqlite_url):
+    from datetime import timedelta
+
+    from smearflow.db import lifecycle, make_engine, repository, session_factory, session_scope
+
+    run("enqueue", str(write_slide(tmp_path / "S-R")))
+    engine = make_engine(sqlite_url)
+    with session_scope(session_factory(engine)) as session:
+        slide = lifecycle.claim_slide(session, "S-R", 3, task_id="t", holder="gone pid 1")
+        slide.heartbeat_at = slide.started_at - timedelta(hours=1)
+    engine.dispose()
+    stale = json.loads(run("status", "--json").stdout)["slides"][0]
+    assert (stale["holder"], stale["stale"][:17]) == ("gone pid 1", "no heartbeat for ")
+    result = run("reconcile", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"resent": ["S-R"], "given_up": [], "broker_checked": False}
+    assert [name for name, _ in celery_app.sent] == ["smearflow.analyze_slide"] * 2
+    assert "sent again: none" in run("reconcile").output
 
 
 def test_models_register_list_activate(run, tiny_model_dir):
@@ -94,10 +132,33 @@ def test_models_errors(run, tmp_path):
 
 
 def test_db_upgrade_and_current(tmp_path, run):
+    missing = CliRunner().invoke(app, ["db", "current", "--database-url", f"sqlite:///{tmp_path}/new.db"])
+    assert missing.exit_code == 2 and "no database at sqlite:///" in missing.output
+    assert not (tmp_path / "new.db").exists()
     result = CliRunner().invoke(app, ["db", "upgrade", "--database-url", f"sqlite:///{tmp_path}/new.db"])
     assert result.exit_code == 0 and "revision" in result.output
     current = CliRunner().invoke(app, ["db", "current", "--database-url", f"sqlite:///{tmp_path}/new.db"])
     assert current.exit_code == 0 and "current:" in current.output and "head:" in current.output
+
+
+@pytest.mark.parametrize("command", [["status"], ["models", "list"], ["counts"], ["reconcile"]])
+def test_read_only_commands_never_create_or_migrate_a_database(tmp_path, command, celery_app, monkeypatch):
+    import sqlalchemy as sa
+
+    monkeypatch.setenv("SMEARFLOW_BROKER_URL", "memory://")
+    missing = CliRunner().invoke(app, [*command, "--database-url", f"sqlite:///{tmp_path}/none.db"])
+    assert missing.exit_code == 2 and "no database at sqlite:///" in missing.output
+    assert "smearflow db upgrade" in missing.output and not (tmp_path / "none.db").exists()
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/old.db")
+    with engine.begin() as connection:  # a database at an older schema
+        connection.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        connection.execute(sa.text("INSERT INTO alembic_version VALUES ('0001')"))
+    engine.dispose()
+    behind = CliRunner().invoke(app, [*command, "--database-url", f"sqlite:///{tmp_path}/old.db"])
+    assert behind.exit_code == 2 and "is at schema revision 0001; this smearflow needs" in behind.output
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/old.db")
+    assert sa.inspect(engine).get_table_names() == ["alembic_version"]  # nothing migrated
+    engine.dispose()
 
 
 def test_worker_translates_logical_queue_names(run, celery_app):

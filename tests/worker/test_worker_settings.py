@@ -49,7 +49,13 @@ def test_every_variable_is_read():
         "SMEARFLOW_RETRAIN_METRIC": "accuracy",
         "SMEARFLOW_RETRAIN_MARGIN": "0.02",
         "SMEARFLOW_TIMEZONE": "Europe/Madrid",
-        "SMEARFLOW_TEST_FIELD_DELAY_S": "0.5",
+        "SMEARFLOW_LEASE_S": "40",
+        "SMEARFLOW_HEARTBEAT_S": "10",
+        "SMEARFLOW_RECONCILE_INTERVAL_S": "20",
+        "SMEARFLOW_QUEUED_GRACE_S": "30",
+        "SMEARFLOW_MAX_REQUEUES": "7",
+        "SMEARFLOW_MAX_FIELDS": "300",
+        "SMEARFLOW_MAX_FIELD_PIXELS": "1000000",
     }
     s = WorkerSettings.from_env(env)
     assert (s.broker_url, s.result_backend, s.database_url) == (
@@ -64,7 +70,9 @@ def test_every_variable_is_read():
     assert (s.train_data, s.train_config, s.models_dir) == ("/data/pbc", {"epochs": 2}, "/data/models")
     assert (s.benchmark_dir, s.benchmark_config) == ("/data/bench", {"folds": 3})
     assert (s.retrain_cron, s.benchmark_cron) == ("0 3 * * 1-5", None)
-    assert (s.retrain_metric, s.retrain_margin, s.timezone, s.test_field_delay_s) == ("accuracy", 0.02, "Europe/Madrid", 0.5)
+    assert (s.retrain_metric, s.retrain_margin, s.timezone) == ("accuracy", 0.02, "Europe/Madrid")
+    assert (s.lease_s, s.heartbeat_s, s.reconcile_interval_s, s.queued_grace_s) == (40, 10, 20, 30)
+    assert (s.max_requeues, s.max_fields, s.max_field_pixels) == (7, 300, 1_000_000)
 
 
 def test_queue_names_can_be_overridden_one_by_one():
@@ -108,12 +116,23 @@ def test_from_env_names_the_bad_variable(env, message):
         ({"restore_interval_s": 0}, "restore_interval_s must be positive"),
         ({"rbc_diameter_px": 0}, "rbc_diameter_px must be positive"),
         ({"retrain_margin": -0.1}, "retrain_margin must not be negative"),
-        ({"test_field_delay_s": -1}, "test_field_delay_s must not be negative"),
+        ({"lease_s": 0}, "lease_s must be positive"),
+        ({"reconcile_interval_s": -5}, "reconcile_interval_s must be positive"),
+        ({"heartbeat_s": 40, "lease_s": 60}, "heartbeat_s must be at most half of lease_s"),
+        ({"max_requeues": -1}, "max_requeues must be at least 0"),
+        ({"max_fields": 0}, "max_fields must be at least 1"),
+        ({"max_field_pixels": 0}, "max_field_pixels must be at least 1"),
     ],
 )
 def test_settings_validate(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WorkerSettings(**kwargs)
+
+
+def test_no_test_hook_is_a_production_setting():
+    import dataclasses
+
+    assert not [f.name for f in dataclasses.fields(WorkerSettings) if "test" in f.name]
 
 
 def test_settings_round_trip_through_a_dict():
@@ -136,11 +155,11 @@ def test_parse_cron_rejects_bad_expressions(expression, message):
 def test_beat_schedule_runs_both_jobs_on_the_training_queue_and_can_turn_one_off():
     s = WorkerSettings(queue_prefix="t-", retrain_cron="0 1 * * *", benchmark_cron=None)
     schedule = beat_schedule(s)
-    assert list(schedule) == ["nightly-retrain"]
+    assert list(schedule) == ["reconcile-slides", "nightly-retrain"]
     entry = schedule["nightly-retrain"]
     assert entry["task"] == "smearflow.retrain" and entry["options"]["queue"] == "t-training"
     assert entry["schedule"].hour == {1} and entry["schedule"].minute == {0}
-    assert set(beat_schedule(WorkerSettings())) == {"nightly-retrain", "nightly-benchmark"}
+    assert set(beat_schedule(WorkerSettings())) == {"reconcile-slides", "nightly-retrain", "nightly-benchmark"}
     with pytest.raises(ValueError, match="five fields"):
         beat_schedule(WorkerSettings(retrain_cron="nightly"))
 

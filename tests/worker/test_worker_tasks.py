@@ -1,80 +1,64 @@
-"""The thin tasks: backoff, retry or give up, and the per-process runtime."""
-
-from types import SimpleNamespace
-
-import pytest
-from celery.exceptions import Retry
+"""The thin tasks: Celery's retries, reconciliation, and the per-process runtime."""
 
 from smearflow.db import repository, session_scope
 from smearflow.errors import TransientError
 from smearflow.worker import tasks
 from smearflow.worker.settings import WorkerSettings
-from smearflow.worker.tasks import WorkerRuntime, retry_delay_s, run_with_retries
+from smearflow.worker.tasks import WorkerRuntime
 from worker_testdata import slide_info
-
-
-def test_backoff_doubles_with_jitter_and_is_capped():
-    assert retry_delay_s(0, 10, 600, rng=lambda: 1.0) == 10
-    assert retry_delay_s(3, 10, 600, rng=lambda: 1.0) == 80
-    assert retry_delay_s(3, 10, 600, rng=lambda: 0.0) == 40
-    assert retry_delay_s(50, 10, 600, rng=lambda: 1.0) == 600
-    with pytest.raises(ValueError, match="retries must not be negative"):
-        retry_delay_s(-1, 10, 600)
-
-
-class FakeTask:
-    """What run_with_retries uses of a bound Celery task."""
-
-    def __init__(self, retries):
-        self.request = SimpleNamespace(retries=retries)
-        self.retried = []
-
-    def retry(self, exc, countdown, max_retries):
-        self.retried.append((countdown, max_retries))
-        return Retry(exc=exc, when=countdown)
 
 
 def _runtime(url, **settings):
     return WorkerRuntime(WorkerSettings(database_url=url, **settings), load_analyzer=lambda model_dir: ("analyzer", model_dir))
 
 
-def test_a_transient_error_is_retried_with_backoff(sqlite_url):
-    runtime = _runtime(sqlite_url, max_retries=3, retry_backoff_s=2, retry_backoff_max_s=100)
-    task = FakeTask(retries=2)
+def test_a_transient_error_is_retried_by_celery_with_capped_jittered_backoff_then_fails(monkeypatch, sqlite_url):
+    from smearflow.worker.app import make_celery_app
+    from smearflow.worker.settings import ANALYZE_SLIDE_TASK
 
-    def body():
+    settings = WorkerSettings(
+        broker_url="memory://", result_backend="cache+memory://", database_url=sqlite_url,
+        max_retries=3, retry_backoff_s=2, retry_backoff_max_s=5,
+    )
+    app = make_celery_app(settings)
+    task = app.tasks[ANALYZE_SLIDE_TASK]
+    assert (task.autoretry_for, task.retry_backoff, task.retry_backoff_max, task.max_retries) == ((TransientError,), 2, 5, 3)
+    monkeypatch.setattr(tasks, "_runtime", WorkerRuntime(settings))
+    calls, countdowns = [], []
+
+    def database_down(*args, **kwargs):
+        calls.append(args[0])
         raise TransientError("database down")
 
-    with pytest.raises(Retry):
-        run_with_retries(task, "S-1", body, runtime)
-    (countdown, max_retries), = task.retried
-    assert 4 <= countdown <= 8 and max_retries == 3
+    monkeypatch.setattr("smearflow.worker.slide_job.run_slide_job", database_down)
+    retry = task.retry
+    monkeypatch.setattr(task, "retry", lambda *a, **k: countdowns.append(k["countdown"]) or retry(*a, **k))
+    result = task.apply(args=["S-1"])
+    assert result.state == "FAILURE" and isinstance(result.result, TransientError)
+    assert calls == ["S-1"] * 4  # the first run and three retries
+    assert len(countdowns) == 4 and all(0 <= c <= min(5, 2 * 2**i) for i, c in enumerate(countdowns))
 
 
-def test_after_the_last_retry_the_slide_is_recorded_failed(sqlite_url):
-    runtime = _runtime(sqlite_url, max_retries=3)
-    with session_scope(runtime.session_factory()) as session:
-        repository.register_slide(session, slide_info("S-2", "/inbox/S-2"))
+def test_the_reconcile_task_sends_lost_slides_again(monkeypatch, sqlite_url):
+    from smearflow.worker.app import make_celery_app
+    from smearflow.worker.settings import RECONCILE_TASK
 
-    def body():
-        raise TransientError("database down")
+    settings = WorkerSettings(
+        broker_url="memory://", result_backend="cache+memory://", database_url=sqlite_url, lease_s=2, heartbeat_s=1
+    )
+    app = make_celery_app(settings)
+    monkeypatch.setattr(tasks, "_runtime", WorkerRuntime(settings))
+    from smearflow.db import lifecycle
 
-    with pytest.raises(TransientError):
-        run_with_retries(FakeTask(retries=3), "S-2", body, runtime)
-    with session_scope(runtime.session_factory()) as session:
-        slide = repository.get_slide(session, "S-2")
-        assert slide.status == "failed" and slide.error == "gave up after 3 retries: TransientError: database down"
-
-
-def test_giving_up_while_the_database_is_still_down_only_logs(tmp_path, caplog):
-    runtime = _runtime(f"sqlite:///{tmp_path}/missing/x.db", max_retries=0)
-    with pytest.raises(TransientError):
-        run_with_retries(FakeTask(retries=0), "S-3", lambda: (_ for _ in ()).throw(TransientError("down")), runtime)
-    assert "could not record the failure" in caplog.text
-
-
-def test_success_passes_through(sqlite_url):
-    assert run_with_retries(FakeTask(0), "S", lambda: {"outcome": "done"}, _runtime(sqlite_url)) == {"outcome": "done"}
+    with session_scope(tasks._runtime.session_factory()) as session:
+        repository.register_slide(session, slide_info("S-LOST", "/inbox/S-LOST"))
+        lifecycle.claim_slide(session, "S-LOST", 3, task_id="dead")
+        repository.get_slide(session, "S-LOST").heartbeat_at = repository.get_slide(session, "S-LOST").started_at.replace(year=2000)
+    sent = []
+    app.send_task = lambda name, **kwargs: sent.append((name, kwargs["args"]))
+    result = app.tasks[RECONCILE_TASK].apply()
+    assert result.result == {"resent": ["S-LOST"], "given_up": [], "broker_checked": False}
+    assert sent == [("smearflow.analyze_slide", ["S-LOST"])]
 
 
 def test_the_model_loads_once_and_again_when_another_version_is_activated(sqlite_url, tiny_model_dir):
@@ -135,8 +119,11 @@ def test_worker_process_init_resets_and_preloads(monkeypatch, sqlite_url):
 
 
 def test_the_slide_context_carries_the_settings(sqlite_url):
-    context = _runtime(sqlite_url, max_attempts=4, test_field_delay_s=0.5).slide_context()
-    assert (context.max_attempts, context.field_delay_s) == (4, 0.5)
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    context = _runtime(sqlite_url, max_attempts=4, lease_s=30, heartbeat_s=5, max_fields=9).slide_context()
+    assert (context.max_attempts, context.lease_s, context.heartbeat_s, context.max_fields) == (4, 30, 5, 9)
+    assert context.propagate == (SoftTimeLimitExceeded,) and " pid " in context.holder
 
 
 def test_importing_the_tasks_loads_no_model_or_database():

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from smearflow.errors import TransientError
-from smearflow.worker.watcher import InboxScanner, InboxWatcher, folder_signature, is_complete
+from smearflow.worker.watcher import LINK_SIGNATURE, InboxScanner, InboxWatcher, folder_signature, is_complete
 
 
 class Clock:
@@ -41,7 +41,10 @@ def test_is_complete_rules(tmp_path):
     assert is_complete(tmp_path, (("slide.json", 2, 1),), 0.0, 30)
     assert not is_complete(tmp_path, (("f.png", 3, 1),), 29.9, 30)
     assert is_complete(tmp_path, (("f.png", 3, 1),), 30.0, 30)
-    assert not is_complete(tmp_path, (), 1e6, 30)
+    assert not is_complete(tmp_path, (), 1e6, 30)  # an empty folder waits for empty_seconds
+    assert not is_complete(tmp_path, (), 299, 30, empty_seconds=300)
+    assert is_complete(tmp_path, (), 300, 30, empty_seconds=300)
+    assert is_complete(tmp_path, LINK_SIGNATURE, 0.0, 30)
 
 
 def test_folder_signature_sees_size_changes_and_survives_a_vanished_folder(tmp_path):
@@ -50,6 +53,20 @@ def test_folder_signature_sees_size_changes_and_survives_a_vanished_folder(tmp_p
     (folder / "f0.png").write_bytes(b"png and more")
     assert folder_signature(folder) != before
     assert folder_signature(tmp_path / "gone") == ()
+
+
+def test_folder_signature_follows_no_link_and_reads_a_bounded_number_of_entries(tmp_path):
+    outside = _field(tmp_path / "outside")
+    folder = _field(tmp_path / "s")
+    (folder / "link.png").symlink_to(outside / "f0.png")
+    names = [name for name, _, _ in folder_signature(folder)]
+    assert names == ["f0.png", "link.png"]
+    link = tmp_path / "linked-folder"
+    link.symlink_to(outside)
+    assert folder_signature(link) == LINK_SIGNATURE
+    for i in range(5):
+        _field(folder, f"extra{i}.png")
+    assert len(folder_signature(folder, max_entries=3)) == 3
 
 
 def test_slide_json_makes_a_folder_complete_at_once(tmp_path, scanner_with):
@@ -85,7 +102,28 @@ def test_hidden_empty_and_ignored_folders_are_not_taken(tmp_path, scanner_with):
     (tmp_path / "inbox" / "loose-file.png").write_bytes(b"x")
     clock.now += 1
     assert [f.name for f in scanner.scan()] == ["real"]
-    assert scanner.seconds_until_next_check(300) == 300  # the empty folder does not spin the loop
+    assert scanner.seconds_until_next_check(600) == pytest.approx(300)  # the empty folder is rejected then
+
+
+def test_an_empty_folder_is_taken_once_it_stayed_empty_for_long(tmp_path, scanner_with):
+    scanner, clock, taken = scanner_with(settle=1, empty_seconds=60)
+    empty = tmp_path / "inbox" / "forgotten"
+    empty.mkdir()
+    assert scanner.scan() == []
+    clock.now += 59
+    assert scanner.scan() == []
+    clock.now += 1
+    assert scanner.scan() == [empty]
+
+
+def test_a_link_in_the_inbox_is_taken_at_once_without_reading_its_target(tmp_path, scanner_with):
+    scanner, clock, taken = scanner_with(settle=30)
+    outside = _field(tmp_path / "outside")
+    link = tmp_path / "inbox" / "S-LINK"
+    link.symlink_to(outside)
+    dangling = tmp_path / "inbox" / "S-GONE"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert scanner.scan() == [dangling, link]
 
 
 def test_a_rescan_hands_folders_over_again_and_gone_folders_are_forgotten(tmp_path, scanner_with):
@@ -141,8 +179,14 @@ def test_scanner_and_watcher_validate(tmp_path):
         InboxScanner(tmp_path, print, settle_seconds=-1)
     with pytest.raises(ValueError, match="retry_seconds must not be negative"):
         InboxScanner(tmp_path, print, retry_seconds=-1)
+    with pytest.raises(ValueError, match="empty_seconds must not be negative"):
+        InboxScanner(tmp_path, print, empty_seconds=-1)
+    with pytest.raises(ValueError, match="max_entries must be at least 1"):
+        InboxScanner(tmp_path, print, max_entries=0)
     with pytest.raises(ValueError, match="rescan_seconds must be positive"):
         InboxWatcher(InboxScanner(tmp_path, print), rescan_seconds=0)
+    with pytest.raises(ValueError, match="reconcile_seconds must be positive"):
+        InboxWatcher(InboxScanner(tmp_path, print), reconcile_seconds=0)
 
 
 def test_missing_inbox_is_reported_not_fatal(tmp_path, caplog):
@@ -171,6 +215,26 @@ def test_watcher_takes_a_folder_dropped_while_running_and_one_dropped_before(tmp
         thread.join(timeout=10)
     assert sorted(f.name for f in taken) == ["before", "during"]
     assert not thread.is_alive()
+
+
+def test_the_watcher_reconciles_at_start_and_survives_a_failing_reconciliation(tmp_path, caplog):
+    calls = []
+
+    def reconcile():
+        calls.append(time.monotonic())
+        raise TransientError("database down")
+
+    watcher = InboxWatcher(InboxScanner(tmp_path / "inbox", print), reconcile=reconcile, reconcile_seconds=0.2)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watcher.request_stop()
+        thread.join(timeout=10)
+    assert len(calls) >= 2 and "reconciliation failed" in caplog.text
 
 
 def test_a_folder_that_leaves_while_being_taken_is_skipped_quietly(tmp_path, scanner_with, caplog):

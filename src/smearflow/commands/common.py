@@ -37,7 +37,8 @@ def setup_logging(verbose: bool = False) -> None:
 def stderr_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    # soft_wrap: a message stays one line however narrow the terminal (the terminal wraps it, not rich).
+    return Console(stderr=True, soft_wrap=True)
 
 
 def stdout_console():
@@ -52,14 +53,30 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code=code)
 
 
-def open_database(database_url: str | None):
-    """Engine and session factory for a migrated database."""
+def open_database(database_url: str | None, *, migrate: bool = True):
+    """Engine and session factory of the results database, checked before anything heavy loads.
+
+    A command that writes (``migrate=True``) creates the database or brings
+    its schema up to date; a read-only command (``migrate=False``) never
+    creates or changes anything and says which database is missing or
+    behind. Either way a problem ends the command with one line naming the
+    database (password masked).
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from smearflow.db.engine import make_engine, resolve_database_url, session_factory
-    from smearflow.db.migrate import upgrade_database
+    from smearflow.db.migrate import check_database, database_error_line, upgrade_database
+    from smearflow.errors import DatabaseNotReadyError
 
     url = resolve_database_url(database_url)
-    upgrade_database(url)
-    engine = make_engine(url)
+    try:
+        if migrate:
+            upgrade_database(url)
+        else:
+            check_database(url)
+        engine = make_engine(url)
+    except DatabaseNotReadyError as error:
+        raise fail(str(error)) from None
+    except (SQLAlchemyError, ValueError, ImportError) as error:
+        raise fail(database_error_line(error, url)) from None
     return engine, session_factory(engine)
-
-

@@ -7,13 +7,18 @@ reported by the command that needs it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from smearflow.commands.common import DatabaseUrl, JsonFlag, open_database, stderr_console, stdout_console
+from smearflow.commands.common import DatabaseUrl, JsonFlag, fail, open_database, stderr_console, stdout_console
+
+logger = logging.getLogger(__name__)
 
 LogLevel = Annotated[str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WARNING or ERROR.")]
 
@@ -25,6 +30,7 @@ def register(app: typer.Typer) -> None:
     app.command()(watch)
     app.command()(enqueue)
     app.command()(status)
+    app.command()(reconcile)
 
     models_app = typer.Typer(help="Classifier model versions: list, register, activate.", no_args_is_help=True)
     models_app.command("list")(models_list)
@@ -108,11 +114,14 @@ def watch(
     settle_seconds: Annotated[
         float, typer.Option(help="Take a folder without slide.json once unchanged this long.")
     ] = 30.0,
+    empty_seconds: Annotated[
+        float, typer.Option(help="Reject a folder that stays empty this long (moved to the failed folder).")
+    ] = 300.0,
     done_dir: Annotated[
         Optional[Path], typer.Option(help="Where analysed slides are moved (default: INBOX/../done).")
     ] = None,
     failed_dir: Annotated[
-        Optional[Path], typer.Option(help="Where failed slides are moved, with error.txt (default: INBOX/../failed).")
+        Optional[Path], typer.Option(help="Where failed and rejected folders are moved, with error.txt (default: INBOX/../failed).")
     ] = None,
     rescan_seconds: Annotated[
         float, typer.Option(help="Check every inbox folder against the database this often.")
@@ -123,34 +132,49 @@ def watch(
     """Watch INBOX: register each complete slide folder as queued and enqueue it once.
 
     The worker that finishes a slide moves its folder to --done-dir or, with an
-    error.txt, to --failed-dir, and records the new path. Stop with Ctrl-C or SIGTERM.
+    error.txt, to --failed-dir, and records the new path. A folder that is not a
+    slide (unreadable, a link, empty, a duplicate slide id) is recorded as
+    rejected and moved to --failed-dir at once. Every SMEARFLOW_RECONCILE_INTERVAL_S
+    the watcher also sends again slides whose worker or message was lost.
+    Stop with Ctrl-C or SIGTERM.
     """
     import signal
 
     _logging_at_info()
-    inbox = inbox.resolve()
-    done_dir = (done_dir or inbox.parent / "done").resolve()
-    failed_dir = (failed_dir or inbox.parent / "failed").resolve()
+    inbox = Path(os.path.abspath(inbox))
+    done_dir = Path(os.path.abspath(done_dir or inbox.parent / "done"))
+    failed_dir = Path(os.path.abspath(failed_dir or inbox.parent / "failed"))
     if inbox in (done_dir, failed_dir):
         raise typer.BadParameter("the inbox cannot be the done or failed folder", param_hint="INBOX")
     celery_app = _celery_app()
+    from smearflow.worker.app import settings_of
     from smearflow.worker.enqueue import celery_sender, enqueue_slide_folder
+    from smearflow.worker.reconcile import reconciler_for
     from smearflow.worker.watcher import InboxScanner, InboxWatcher
 
+    settings = settings_of(celery_app)
     _, factory = open_database(database_url)
     send = celery_sender(celery_app)
 
     def take(folder: Path):
-        outcome = enqueue_slide_folder(folder, factory, send, done_dir=done_dir, failed_dir=failed_dir)
-        if outcome.action == "skipped":
-            import logging
-
-            logging.getLogger(__name__).info("%s: slide %s not enqueued: %s", folder, outcome.slide_id, outcome.reason)
+        outcome = enqueue_slide_folder(
+            folder, factory, send, done_dir=done_dir, failed_dir=failed_dir, max_fields=settings.max_fields
+        )
+        if outcome.action != "enqueued":
+            logger.info("slide %s %s: %s (%s)", outcome.slide_id, outcome.action, outcome.reason, folder)
         return outcome
 
     try:
-        scanner = InboxScanner(inbox, take, settle_seconds=settle_seconds, ignore=(done_dir, failed_dir))
-        watcher = InboxWatcher(scanner, rescan_seconds=rescan_seconds, polling=polling)
+        scanner = InboxScanner(
+            inbox, take, settle_seconds=settle_seconds, empty_seconds=empty_seconds, ignore=(done_dir, failed_dir)
+        )
+        watcher = InboxWatcher(
+            scanner,
+            rescan_seconds=rescan_seconds,
+            polling=polling,
+            reconcile=reconciler_for(dataclasses.replace(settings, database_url=database_url or settings.database_url), celery_app),
+            reconcile_seconds=settings.reconcile_interval_s,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -163,18 +187,28 @@ def enqueue(
     force: Annotated[
         bool, typer.Option("--force", help="Enqueue even slides already queued, running or done (re-analysis).")
     ] = False,
+    reassign: Annotated[
+        bool, typer.Option("--reassign", help="Allow a folder to move a stored slide to another patient (recorded).")
+    ] = False,
     done_dir: Annotated[Optional[Path], typer.Option(help="Move each folder here once analysed.")] = None,
-    failed_dir: Annotated[Optional[Path], typer.Option(help="Move each folder here, with error.txt, if it fails.")] = None,
+    failed_dir: Annotated[
+        Optional[Path], typer.Option(help="Move each folder here, with error.txt, if it fails or is rejected.")
+    ] = None,
     database_url: DatabaseUrl = None,
     as_json: JsonFlag = False,
 ):
     """Register slide folders as queued and send them to the workers (folders stay in place by default).
 
     A slide already queued, running or done is skipped unless --force; a failed
-    one is enqueued again. Exits with status 1 when a folder could not be enqueued.
+    one is enqueued again. A folder that is not a slide, or whose slide id is
+    stored for another patient, is rejected (recorded). Exits with status 1 when
+    a folder was rejected or could not be enqueued.
     """
+    import getpass
+
     celery_app = _celery_app()
     from smearflow.errors import TransientError
+    from smearflow.worker.app import settings_of
     from smearflow.worker.enqueue import celery_sender, enqueue_slide_folder
 
     _, factory = open_database(database_url)
@@ -186,14 +220,18 @@ def enqueue(
                 path,
                 factory,
                 send,
-                done_dir=done_dir.resolve() if done_dir else None,
-                failed_dir=failed_dir.resolve() if failed_dir else None,
+                done_dir=done_dir,
+                failed_dir=failed_dir,
                 force=force,
+                reassign=reassign,
+                actor=getpass.getuser(),
+                max_fields=settings_of(celery_app).max_fields,
             )
-            rows.append({**outcome.__dict__})
+            rows.append(dataclasses.asdict(outcome))
+            failed = failed or outcome.action == "rejected"
         except (ValueError, TransientError) as exc:
             failed = True
-            rows.append({"slide_id": None, "folder": str(path), "action": "error", "status": None, "reason": str(exc)})
+            rows.append({"slide_id": None, "folder": str(path), "action": "error", "status": None, "reason": str(exc), "moved_to": None})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
@@ -212,20 +250,48 @@ def enqueue(
 def status(
     database_url: DatabaseUrl = None,
     as_json: JsonFlag = False,
-    limit: Annotated[int, typer.Option(help="Slides listed, most recently updated first; 0 lists all.")] = 50,
+    limit: Annotated[int, typer.Option(help="Finished slides and rejected folders listed, newest first; 0 lists all.")] = 50,
 ):
-    """Show how many slides are queued, running, done and failed, and the latest slides."""
-    from smearflow.db import repository
+    """Show slides per status, every queued and running slide (age, attempts, holder, stale ones marked),
+    the latest finished slides, rejected folders and the broker's queue depth.
+    """
+    from smearflow.db import lifecycle
     from smearflow.db.engine import session_scope
+    from smearflow.worker.settings import WorkerSettings
 
-    _, factory = open_database(database_url)
+    try:
+        settings = WorkerSettings.from_env()
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    _, factory = open_database(database_url, migrate=False)
+    queue_depth, in_flight = _broker_view(settings)
     with session_scope(factory) as session:
-        summary = repository.status_summary(session)
-    if limit > 0:
-        summary["slides"] = summary["slides"][:limit]
+        summary = lifecycle.status_summary(
+            session, lease_s=settings.lease_s, stale_queued_s=10 * settings.queued_grace_s, in_flight=in_flight, limit=limit
+        )
+    summary["queue_depth"] = queue_depth
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
+    _print_status(summary)
+
+
+def _broker_view(settings) -> tuple[int | None, set[str] | None]:
+    """The slides queue's depth and the slides with a message, or ``(None, None)`` when the broker cannot be read."""
+    from smearflow.errors import TransientError
+    from smearflow.worker.reconcile import broker_queue
+
+    queue = broker_queue(settings)
+    if queue is None:
+        return None, None
+    try:
+        return queue.depth(), queue.slide_ids_in_flight()
+    except TransientError as exc:
+        stderr_console().print(f"broker not read: {exc}", highlight=False)
+        return None, None
+
+
+def _print_status(summary: dict) -> None:
     from rich.table import Table
 
     console = stdout_console()
@@ -234,13 +300,52 @@ def status(
         counts.add_column(name, justify="right")
     counts.add_row(*(str(n) for n in summary["counts"].values()))
     console.print(counts)
+    depth = summary["queue_depth"]
+    console.print(f"messages waiting on the slides queue: {'unknown' if depth is None else depth}", highlight=False)
     if summary["slides"]:
-        table = Table(title="latest", title_justify="left")
-        for column in ("slide", "status", "attempts", "updated", "error"):
+        table = Table(title="slides in hand and latest", title_justify="left")
+        for column in ("slide", "status", "attempts", "age", "holder", "stale", "error"):
             table.add_column(column)
         for slide in summary["slides"]:
-            table.add_row(slide["slide_id"], slide["status"], str(slide["attempts"]), slide["updated_at"] or "", slide["error"] or "")
+            age = "" if slide["age_s"] is None else f"{slide['age_s']:.0f} s"
+            table.add_row(
+                slide["slide_id"], slide["status"], str(slide["attempts"]), age, slide["holder"] or "",
+                slide["stale"] or "", slide["error"] or "",
+            )
         console.print(table)
+    if summary["rejected"]:
+        table = Table(title="rejected folders", title_justify="left")
+        for column in ("folder", "slide", "reason", "moved to", "when"):
+            table.add_column(column)
+        for row in summary["rejected"]:
+            table.add_row(row["folder"], row["slide_id"] or "-", row["reason"], row["moved_to"] or "", row["rejected_at"])
+        console.print(table)
+
+
+def reconcile(database_url: DatabaseUrl = None, as_json: JsonFlag = False):
+    """Send again every slide whose worker or message was lost, now (beat and the watcher do it every
+    SMEARFLOW_RECONCILE_INTERVAL_S).
+    """
+    celery_app = _celery_app()
+    from smearflow.errors import TransientError
+    from smearflow.worker.app import settings_of
+    from smearflow.worker.enqueue import celery_sender
+    from smearflow.worker.reconcile import broker_queue, limits_of, reconcile_slides
+
+    settings = settings_of(celery_app)
+    _, factory = open_database(database_url, migrate=False)
+    try:
+        report = reconcile_slides(factory, broker_queue(settings), celery_sender(celery_app), limits_of(settings))
+    except TransientError as exc:
+        raise fail(str(exc), code=1) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    stdout_console().print(
+        f"sent again: {', '.join(report.resent) or 'none'}; given up: {', '.join(report.given_up) or 'none'}"
+        + ("" if report.broker_checked else " (the broker was not read: queued slides not checked)"),
+        highlight=False,
+    )
 
 
 def models_list(database_url: DatabaseUrl = None, as_json: JsonFlag = False):
@@ -248,7 +353,7 @@ def models_list(database_url: DatabaseUrl = None, as_json: JsonFlag = False):
     from smearflow.db import repository
     from smearflow.db.engine import session_scope
 
-    _, factory = open_database(database_url)
+    _, factory = open_database(database_url, migrate=False)
     with session_scope(factory) as session:
         rows = [
             {
@@ -336,17 +441,28 @@ def models_activate(
 
 
 def db_upgrade(database_url: DatabaseUrl = None):
-    """Run the Alembic migrations up to the newest schema (safe to repeat)."""
-    from smearflow.db import current_revision, resolve_database_url, upgrade_database
+    """Create the database or run the Alembic migrations up to the newest schema (safe to repeat)."""
+    from smearflow.db import current_revision, resolve_database_url
 
     url = resolve_database_url(database_url)
-    upgrade_database(url)
+    open_database(url, migrate=True)[0].dispose()
     stdout_console().print(f"database at revision {current_revision(url)}", highlight=False)
 
 
 def db_current(database_url: DatabaseUrl = None):
-    """Print the database's schema revision and the newest one shipped."""
+    """Print the database's schema revision and the newest one shipped (creates nothing)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from smearflow.db import current_revision, head_revision, resolve_database_url
+    from smearflow.db.migrate import database_error_line, require_database_file
+    from smearflow.errors import DatabaseNotReadyError
 
     url = resolve_database_url(database_url)
-    stdout_console().print(f"current: {current_revision(url)}  head: {head_revision()}", highlight=False)
+    try:
+        require_database_file(url)
+        current = current_revision(url)
+    except DatabaseNotReadyError as error:
+        raise fail(str(error)) from None
+    except (SQLAlchemyError, ValueError) as error:
+        raise fail(database_error_line(error, url)) from None
+    stdout_console().print(f"current: {current}  head: {head_revision()}", highlight=False)

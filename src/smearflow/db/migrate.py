@@ -83,6 +83,80 @@ def current_revision(url: str | None = None) -> str | None:
         engine.dispose()
 
 
+def shown_url(url: str) -> str:
+    """A database URL fit to print: its password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparseable URL is shown as given, minus anything after '@'
+        return url.split("@")[-1]
+
+
+def database_error_line(error: BaseException, url: str) -> str:
+    """A database error as one line a person can act on, naming the (masked) URL."""
+    reason = getattr(error, "orig", None) or error
+    first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    return f"cannot use the database {shown_url(url)}: {first_line}"
+
+
+def require_database_file(url: str) -> None:
+    """Refuse a SQLite URL whose file does not exist (connecting would create it).
+
+    Raises
+    ------
+    smearflow.errors.DatabaseNotReadyError
+        When the file is missing.
+    ValueError
+        When the URL cannot be parsed.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from smearflow.errors import DatabaseNotReadyError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"Not a database URL. Received: url={shown_url(url)!r}") from exc
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).is_file():
+            raise DatabaseNotReadyError(
+                f"no database at {shown_url(url)}: run `smearflow db upgrade` (or `smearflow analyze`) to create it"
+            )
+
+
+def check_database(url: str | None = None) -> None:
+    """Make sure a database exists and is at this version's schema, without creating or changing it.
+
+    Raises
+    ------
+    smearflow.errors.DatabaseNotReadyError
+        When the database file does not exist, cannot be reached, has no
+        smearflow schema, or is at another revision; the message says what
+        to do (``smearflow db upgrade``).
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from smearflow.errors import DatabaseNotReadyError
+
+    url = resolve_database_url(url)
+    require_database_file(url)
+    try:
+        current = current_revision(url)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise DatabaseNotReadyError(database_error_line(exc, url)) from None
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise DatabaseNotReadyError(f"the database {shown_url(url)} has no smearflow schema: run `smearflow db upgrade`")
+    raise DatabaseNotReadyError(
+        f"the database {shown_url(url)} is at schema revision {current}; this smearflow needs {head}: "
+        "run `smearflow db upgrade`"
+    )
+
+
 def head_revision() -> str:
     """The newest revision shipped with this package."""
     from alembic.script import ScriptDirectory

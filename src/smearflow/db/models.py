@@ -41,8 +41,19 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SLIDE_STATUSES = ("queued", "running", "done", "failed")
-"""Allowed values of ``slides.status`` and ``fields.status``."""
+SLIDE_STATUSES = ("queued", "running", "done", "partial", "failed")
+"""Allowed values of ``slides.status``: ``partial`` is a slide with counts from
+some fields while others failed or were flagged."""
+
+FINISHED_STATUSES = ("done", "partial", "failed")
+"""Slide statuses after which a slide task has nothing left to do."""
+
+FIELD_STATUSES = ("done", "flagged", "failed")
+"""Allowed values of ``fields.status``: ``flagged`` is a field the quality
+gate left out of the counts (its reason in ``error``)."""
+
+EVENT_KINDS = ("reassigned", "analysis-failed", "requeued", "lease-expired", "gave-up")
+"""Allowed values of ``slide_events.kind``."""
 
 CELL_KINDS = ("wbc", "rbc", "platelet")
 """Allowed values of ``cells.kind``."""
@@ -162,6 +173,15 @@ class Slide(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The lease of a running slide: its holder renews heartbeat_at; an expired
+    # lease lets reconciliation hand the slide to another worker.
+    queued_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    holder: Mapped[str | None] = mapped_column(String(255))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    requeues: Mapped[int] = mapped_column(Integer, default=0)
+    done_dir: Mapped[str | None] = mapped_column(Text)
+    failed_dir: Mapped[str | None] = mapped_column(Text)
 
     patient: Mapped[Patient | None] = relationship(back_populates="slides")
     model_version: Mapped[ModelVersion | None] = relationship()
@@ -178,7 +198,7 @@ class Slide(Base):
 
 class Field(Base):
     __tablename__ = "fields"
-    __table_args__ = (CheckConstraint(_in("status", SLIDE_STATUSES), name="status"),)
+    __table_args__ = (CheckConstraint(_in("status", FIELD_STATUSES), name="status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     slide_id: Mapped[int] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), index=True)
@@ -187,6 +207,7 @@ class Field(Base):
     height_px: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     slide: Mapped[Slide] = relationship(back_populates="fields")
     cells: Mapped[list[Cell]] = relationship(
@@ -242,6 +263,39 @@ class SlideCount(Base):
 
     def __repr__(self) -> str:
         return f"SlideCount(label={self.label!r}, count={self.count!r})"
+
+
+class SlideEvent(Base):
+    """Something that happened to a slide besides its analysis: an audit trail."""
+
+    __tablename__ = "slide_events"
+    __table_args__ = (CheckConstraint(_in("kind", EVENT_KINDS), name="kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[int] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utc_now)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(String(255))
+
+    def __repr__(self) -> str:
+        return f"SlideEvent(kind={self.kind!r}, detail={self.detail!r})"
+
+
+class RejectedFolder(Base):
+    """A folder that never became a slide: unreadable, invalid, or in conflict with a stored slide."""
+
+    __tablename__ = "rejected_folders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder: Mapped[str] = mapped_column(Text)
+    slide_code: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    moved_to: Mapped[str | None] = mapped_column(Text)
+    rejected_at: Mapped[datetime] = mapped_column(default=utc_now, index=True)
+
+    def __repr__(self) -> str:
+        return f"RejectedFolder(folder={self.folder!r}, reason={self.reason!r})"
 
 
 class BenchmarkRun(Base):

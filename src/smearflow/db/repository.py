@@ -30,6 +30,8 @@ from sqlalchemy.orm import Session
 
 from smearflow.db.models import (
     CELL_KINDS,
+    EVENT_KINDS,
+    FIELD_STATUSES,
     SLIDE_STATUSES,
     BenchmarkResult,
     BenchmarkRun,
@@ -39,10 +41,11 @@ from smearflow.db.models import (
     Patient,
     Slide,
     SlideCount,
+    SlideEvent,
     TrainingRun,
     utc_now,
 )
-from smearflow.errors import BadSlideError
+from smearflow.errors import BadSlideError, SlideConflictError
 from smearflow.types import SlideInfo, SlideResult
 
 logger = logging.getLogger(__name__)
@@ -145,16 +148,33 @@ def _error_text(error: str | BaseException) -> str:
     return str(error)
 
 
+def insert_unless_present(session: Session, model: type, values: dict[str, Any], key: str) -> None:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING``: safe when another process inserts the same row.
+
+    A select-then-insert lets two processes both see no row and both insert;
+    the second fails on the unique constraint. Column defaults are applied.
+
+    Raises
+    ------
+    NotImplementedError
+        On a database other than PostgreSQL or SQLite.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        raise NotImplementedError(f"smearflow supports PostgreSQL and SQLite. Received: dialect={dialect!r}")
+    session.execute(dialect_insert(model).values(**values).on_conflict_do_nothing(index_elements=[key]))
+
+
 def _get_or_create_patient(session: Session, patient_code: str | None) -> Patient | None:
     if patient_code is None:
         return None
     _check_code("patient_id", patient_code)
-    patient = session.scalars(select(Patient).where(Patient.patient_code == patient_code)).first()
-    if patient is None:
-        patient = Patient(patient_code=patient_code)
-        session.add(patient)
-        session.flush()
-    return patient
+    insert_unless_present(session, Patient, {"patient_code": patient_code}, "patient_code")
+    return session.scalars(select(Patient).where(Patient.patient_code == patient_code)).one()
 
 
 def _slide_or_raise(session: Session, slide_code: str) -> Slide:
@@ -167,19 +187,35 @@ def _slide_or_raise(session: Session, slide_code: str) -> Slide:
 # --------------------------------------------------------------------------- slides
 
 
-def register_slide(session: Session, info: SlideInfo, status: str = "queued") -> Slide:
+def register_slide(
+    session: Session,
+    info: SlideInfo,
+    status: str = "queued",
+    *,
+    reassign: bool = False,
+    actor: str | None = None,
+    done_dir: str | None = None,
+    failed_dir: str | None = None,
+) -> Slide:
     """Create or update the slide ``info.slide_id`` (an upsert keyed by slide code).
 
     The folder, patient (created when new), collection time and notes are
     taken from ``info``. Registering with ``status="queued"`` starts a fresh
-    job: the attempt counter goes back to 0 and the error is cleared. Stored
-    results are never touched.
+    job: the attempt and requeue counters go back to 0, the error and the
+    lease are cleared, ``queued_at`` is now, and ``done_dir`` / ``failed_dir``
+    say where the worker moves the folder afterwards. Stored results are
+    never touched.
 
     Parameters
     ----------
     session : sqlalchemy.orm.Session
     info : SlideInfo
-    status : {"queued", "running", "done", "failed"}, default "queued"
+    status : {"queued", "running", "done", "partial", "failed"}, default "queued"
+    reassign : bool
+        Allow moving a stored slide to another patient (recorded as an event).
+    actor : str, optional
+        Who asked, recorded with a reassignment.
+    done_dir, failed_dir : str, optional
 
     Returns
     -------
@@ -192,43 +228,92 @@ def register_slide(session: Session, info: SlideInfo, status: str = "queued") ->
         is empty.
     smearflow.errors.BadSlideError
         When ``info.collected_at`` is not ISO 8601.
+    smearflow.errors.SlideConflictError
+        When the slide is stored for another patient and ``reassign`` is false.
     """
     _check_status("status", status, SLIDE_STATUSES)
-    slide = _upsert_slide(session, info, strict=True)
+    slide = _upsert_slide(session, info, reassign=reassign, actor=actor)
     slide.status = status
     if status == "queued":
         slide.attempts = 0
+        slide.requeues = 0
         slide.error = None
+        slide.queued_at = utc_now()
+        slide.heartbeat_at = slide.holder = slide.task_id = None
+        slide.done_dir, slide.failed_dir = done_dir, failed_dir
     session.flush()
     return slide
 
 
-def _upsert_slide(session: Session, info: SlideInfo, strict: bool) -> Slide:
-    """The slide ``info.slide_id`` with its descriptive columns set from ``info``.
+def _insert_slide_row(session: Session, slide_code: str) -> Slide:
+    """The slide row ``slide_code``, inserted when missing (safe against a concurrent insert)."""
+    insert_unless_present(session, Slide, {"slide_code": slide_code, "status": "queued", "attempts": 0, "requeues": 0}, "slide_code")
+    return session.scalars(
+        select(Slide).where(Slide.slide_code == slide_code).execution_options(populate_existing=True)
+    ).one()
 
-    With ``strict=False`` a bad ``collected_at`` or patient code is stored as
-    ``None`` instead of raising: recording a failure must not fail on it.
-    """
+
+def _upsert_slide(session: Session, info: SlideInfo, *, reassign: bool = False, actor: str | None = None) -> Slide:
+    """The slide ``info.slide_id`` with its descriptive columns set from ``info``."""
     slide_code = _check_code("slide_id", info.slide_id)
-    try:
-        collected_at = parse_collected_at(info.collected_at, slide_code)
-    except BadSlideError:
-        if strict:
-            raise
-        collected_at = None
-    patient_code = info.patient_id
-    if not strict and not (isinstance(patient_code, str) and patient_code.strip()):
-        patient_code = None
-    patient = _get_or_create_patient(session, patient_code)
-    slide = get_slide(session, slide_code)
-    if slide is None:
-        slide = Slide(slide_code=slide_code, status="queued", attempts=0)
-        session.add(slide)
+    collected_at = parse_collected_at(info.collected_at, slide_code)
+    patient = _get_or_create_patient(session, info.patient_id)
+    slide = _insert_slide_row(session, slide_code)
+    _check_patient_change(session, slide, patient, reassign=reassign, actor=actor)
     slide.patient = patient
     slide.folder = info.folder
     slide.collected_at = collected_at
     slide.notes = info.notes
     return slide
+
+
+def _check_patient_change(
+    session: Session, slide: Slide, patient: Patient | None, *, reassign: bool, actor: str | None
+) -> None:
+    """Refuse to move a slide from its patient to another (or to none) unless asked to.
+
+    A slide stored without a patient may be given one: nobody's results move.
+    """
+    old = slide.patient.patient_code if slide.patient is not None else None
+    new = patient.patient_code if patient is not None else None
+    if old is None or old == new:
+        return
+    if not reassign:
+        raise SlideConflictError(
+            f"slide {slide.slide_code} is stored for patient {old}; this folder names "
+            f"{'patient ' + new if new else 'no patient'}. Refused: its results would move to another patient "
+            "(re-run with --reassign if the slide really belongs to the new patient)"
+        )
+    add_slide_event(session, slide, "reassigned", f"patient {old} -> {new or 'none'}", actor=actor)
+    logger.warning("slide %s reassigned from patient %s to %s by %s", slide.slide_code, old, new, actor or "unknown")
+
+
+def add_slide_event(session: Session, slide: Slide, kind: str, detail: str, actor: str | None = None) -> SlideEvent:
+    """Record something that happened to a slide (see ``EVENT_KINDS``).
+
+    Raises
+    ------
+    ValueError
+        When ``kind`` is not one of ``EVENT_KINDS``.
+    """
+    _check_status("kind", kind, EVENT_KINDS)
+    session.flush()
+    event = SlideEvent(slide_id=slide.id, kind=kind, detail=detail, actor=actor, at=utc_now())
+    session.add(event)
+    session.flush()
+    return event
+
+
+def slide_events(session: Session, slide_code: str) -> list[SlideEvent]:
+    """A slide's events, oldest first (empty for an unknown slide)."""
+    return list(
+        session.scalars(
+            select(SlideEvent)
+            .join(Slide, SlideEvent.slide_id == Slide.id)
+            .where(Slide.slide_code == slide_code)
+            .order_by(SlideEvent.at, SlideEvent.id)
+        )
+    )
 
 
 def get_slide(session: Session, slide_code: str) -> Slide | None:
@@ -264,68 +349,6 @@ def set_slide_status(
     return slide
 
 
-def claim_slide(session: Session, slide_code: str, max_attempts: int) -> Slide | None:
-    """Take a slide for analysis: mark it running and count the attempt.
-
-    The row is locked (``SELECT ... FOR UPDATE`` on PostgreSQL) until the
-    caller's transaction ends, so commit right after claiming. A slide left
-    ``"running"`` by a worker that died is claimable again; each claim counts,
-    so a slide that keeps killing workers ends failed.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-    slide_code : str
-    max_attempts : int
-        How many claims a slide gets before it is given up.
-
-    Returns
-    -------
-    Slide or None
-        The claimed slide (status ``"running"``, ``attempts`` incremented);
-        ``None`` when there is nothing to do: the slide is already ``"done"``
-        or ``"failed"`` (a redelivered task), or it has used its
-        ``max_attempts``, in which case it is marked failed here.
-
-    Raises
-    ------
-    ValueError
-        When ``max_attempts`` is below 1.
-    LookupError
-        When no slide is registered as ``slide_code``.
-    """
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ValueError(
-            f"max_attempts must be an integer of at least 1. Received: max_attempts={max_attempts!r}"
-        )
-    slide = session.scalars(
-        select(Slide)
-        .where(Slide.slide_code == slide_code)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).first()
-    if slide is None:
-        raise LookupError(f"No slide is registered under slide_code={slide_code!r}")
-    if slide.status in ("done", "failed"):
-        logger.info("slide %s is already %s; not claimed", slide_code, slide.status)
-        return None
-    if slide.attempts >= max_attempts:
-        slide.status = "failed"
-        slide.error = (
-            f"Gave up after {slide.attempts} attempt(s) (max_attempts={max_attempts}); "
-            f"last error: {slide.error}"
-        )
-        slide.finished_at = utc_now()
-        session.flush()
-        logger.warning("slide %s failed: %s", slide_code, slide.error)
-        return None
-    slide.attempts += 1
-    slide.status = "running"
-    slide.started_at = utc_now()
-    session.flush()
-    return slide
-
-
 def _has_stored_result(session: Session, slide: Slide) -> bool:
     if slide.id is None:
         return False
@@ -357,7 +380,12 @@ def _delete_stored_result(session: Session, slide: Slide) -> None:
 
 
 def store_slide_result(
-    session: Session, result: SlideResult, model_version: ModelVersion | None
+    session: Session,
+    result: SlideResult,
+    model_version: ModelVersion | None,
+    *,
+    reassign: bool = False,
+    actor: str | None = None,
 ) -> Slide:
     """Write a slide's analysis, replacing whatever an earlier analysis stored.
 
@@ -366,18 +394,22 @@ def store_slide_result(
     the caller's transaction, so re-analysing never leaves two sets of
     counts. The slide's status becomes ``result.status``, its error the
     result's errors joined by ``"; "`` (``None`` when there are none), and
-    ``finished_at`` now. Failed fields are stored with their error.
+    ``finished_at`` now. Failed and flagged fields are stored with their reason.
 
-    A ``"failed"`` result does not replace an earlier stored result; see the
-    module's failure policy.
+    A ``"failed"`` result never changes a stored slide's metadata, and does
+    not replace an earlier stored result (see :func:`record_slide_failure`).
 
     Parameters
     ----------
     session : sqlalchemy.orm.Session
     result : SlideResult
-        ``status`` must be ``"done"`` or ``"failed"``.
+        ``status`` must be ``"done"``, ``"partial"`` or ``"failed"``.
     model_version : ModelVersion or None
         The model that classified the cells; ``None`` when no model was used.
+    reassign : bool
+        Allow the result to move a stored slide to another patient.
+    actor : str, optional
+        Who asked for a reassignment.
 
     Returns
     -------
@@ -386,41 +418,50 @@ def store_slide_result(
     Raises
     ------
     ValueError
-        When ``result.status`` or a field's status is not ``"done"`` /
-        ``"failed"``, when a cell's kind is unknown, or when
-        ``result.model_version`` names a different model than
-        ``model_version``.
+        When ``result.status`` or a field's status is unknown, when a cell's
+        kind is unknown, or when ``result.model_version`` names a different
+        model than ``model_version``.
+    smearflow.errors.SlideConflictError
+        When the slide is stored for another patient and ``reassign`` is false.
     """
-    _check_status("result.status", result.status, ("done", "failed"))
+    _check_result(result, model_version)
+    error = "; ".join(result.errors) or None
+    if result.status == "failed":
+        slide = get_slide(session, result.info.slide_id)
+        if slide is not None and _has_stored_result(session, slide):
+            return _keep_stored_result(session, slide, error or "analysis failed")
+        if slide is None:
+            slide = _new_slide_for_failure(session, result.info)
+    else:
+        slide = _upsert_slide(session, result.info, reassign=reassign, actor=actor)
+    session.flush()
+    _delete_stored_result(session, slide)
+    _write_fields(session, slide, result, model_version.id if model_version is not None else None)
+    slide.status = result.status
+    slide.error = error
+    slide.finished_at = utc_now()
+    slide.rbc_count = int(result.rbc_count)
+    slide.platelet_count = int(result.platelet_count)
+    slide.model_version = model_version
+    session.flush()
+    return slide
+
+
+def _check_result(result: SlideResult, model_version: ModelVersion | None) -> None:
+    _check_status("result.status", result.status, ("done", "partial", "failed"))
     for field_result in result.fields:
-        _check_status(f"status of field {field_result.name!r}", field_result.status, ("done", "failed"))
+        _check_status(f"status of field {field_result.name!r}", field_result.status, FIELD_STATUSES)
         for classified in field_result.cells:
             _check_status(f"kind of a cell in field {field_result.name!r}", classified.cell.kind, CELL_KINDS)
-    if (
-        model_version is not None
-        and result.model_version is not None
-        and result.model_version != model_version.name
-    ):
+    if model_version is not None and result.model_version is not None and result.model_version != model_version.name:
         raise ValueError(
             f"result.model_version and model_version disagree. Received: "
             f"result.model_version={result.model_version!r}, model_version={model_version.name!r}"
         )
 
-    slide = _upsert_slide(session, result.info, strict=True)
-    session.flush()
-    error = "; ".join(result.errors) or None
-    now = utc_now()
 
-    if result.status == "failed" and _has_stored_result(session, slide):
-        logger.warning("slide %s: analysis failed; earlier result kept", slide.slide_code)
-        slide.status = "failed"
-        slide.error = error or "analysis failed"
-        slide.finished_at = now
-        session.flush()
-        return slide
-
-    _delete_stored_result(session, slide)
-    model_version_id = model_version.id if model_version is not None else None
+def _write_fields(session: Session, slide: Slide, result: SlideResult, model_version_id: int | None) -> None:
+    """Insert the result's fields, cells and counts for ``slide``."""
     field_rows: list[tuple[Field, Any]] = []
     for field_result in result.fields:
         field = Field(
@@ -430,39 +471,18 @@ def store_slide_result(
             height_px=int(field_result.height_px),
             status=field_result.status,
             error=field_result.error,
+            quality=_jsonable(field_result.quality, "quality") if field_result.quality else None,
         )
         session.add(field)
         field_rows.append((field, field_result))
     session.flush()
-
-    cell_rows = []
-    for field, field_result in field_rows:
-        for classified in field_result.cells:
-            cell = classified.cell
-            label = classified.classification
-            row_min, col_min, row_max, col_max = (int(v) for v in cell.bbox)
-            cell_rows.append(
-                {
-                    "field_id": field.id,
-                    "kind": cell.kind,
-                    "label": label.label if label is not None else None,
-                    "confidence": float(label.confidence) if label is not None else None,
-                    "bbox_row_min": row_min,
-                    "bbox_col_min": col_min,
-                    "bbox_row_max": row_max,
-                    "bbox_col_max": col_max,
-                    "centroid_row": float(cell.centroid[0]),
-                    "centroid_col": float(cell.centroid[1]),
-                    "area_px": int(cell.area_px),
-                    "touches_border": bool(cell.touches_border),
-                    "visible_fraction": float(cell.visible_fraction),
-                    "counted": bool(cell.counted),
-                    "model_version_id": model_version_id if label is not None else None,
-                }
-            )
+    cell_rows = [
+        _cell_row(field.id, classified, model_version_id)
+        for field, field_result in field_rows
+        for classified in field_result.cells
+    ]
     if cell_rows:
         session.execute(insert(Cell), cell_rows)
-
     count_rows = [
         {"slide_id": slide.id, "label": str(label), "count": int(n), "model_version_id": model_version_id}
         for label, n in result.counts.items()
@@ -470,24 +490,71 @@ def store_slide_result(
     if count_rows:
         session.execute(insert(SlideCount), count_rows)
 
-    slide.status = result.status
-    slide.error = error
-    slide.finished_at = now
-    slide.rbc_count = int(result.rbc_count)
-    slide.platelet_count = int(result.platelet_count)
-    slide.model_version = model_version
+
+def _cell_row(field_id: int, classified, model_version_id: int | None) -> dict[str, Any]:
+    cell = classified.cell
+    label = classified.classification
+    row_min, col_min, row_max, col_max = (int(v) for v in cell.bbox)
+    return {
+        "field_id": field_id,
+        "kind": cell.kind,
+        "label": label.label if label is not None else None,
+        "confidence": float(label.confidence) if label is not None else None,
+        "bbox_row_min": row_min,
+        "bbox_col_min": col_min,
+        "bbox_row_max": row_max,
+        "bbox_col_max": col_max,
+        "centroid_row": float(cell.centroid[0]),
+        "centroid_col": float(cell.centroid[1]),
+        "area_px": int(cell.area_px),
+        "touches_border": bool(cell.touches_border),
+        "visible_fraction": float(cell.visible_fraction),
+        "counted": bool(cell.counted),
+        "model_version_id": model_version_id if label is not None else None,
+    }
+
+
+def _stored_status(session: Session, slide: Slide) -> str:
+    """``done`` or ``partial``: what the stored result of a slide is."""
+    incomplete = session.scalar(
+        select(func.count()).select_from(Field).where(Field.slide_id == slide.id, Field.status != "done")
+    )
+    return "partial" if incomplete else "done"
+
+
+def _keep_stored_result(session: Session, slide: Slide, error: str) -> Slide:
+    """A failed attempt on a slide with stored results: record it, change nothing else."""
+    logger.warning("slide %s: analysis failed; the stored result is kept: %s", slide.slide_code, error)
+    add_slide_event(session, slide, "analysis-failed", error)
+    slide.status = _stored_status(session, slide)
+    slide.heartbeat_at = slide.holder = slide.task_id = None
     session.flush()
+    return slide
+
+
+def _new_slide_for_failure(session: Session, info: SlideInfo) -> Slide:
+    """A new slide row for a slide that failed before anything was stored; bad metadata is dropped."""
+    slide = _insert_slide_row(session, _check_code("slide_id", info.slide_id))
+    slide.folder = info.folder
+    slide.notes = info.notes
+    try:
+        slide.collected_at = parse_collected_at(info.collected_at, slide.slide_code)
+        slide.patient = _get_or_create_patient(session, info.patient_id)
+    except (BadSlideError, ValueError):
+        logger.warning("slide %s: metadata not recorded with its failure", slide.slide_code)
     return slide
 
 
 def record_slide_failure(
     session: Session, info_or_code: SlideInfo | str, error: str | BaseException
 ) -> Slide:
-    """Mark a slide that could not be analysed at all as failed.
+    """Record that a slide could not be analysed.
 
-    The slide row is created if needed (from a ``SlideInfo``, or from a bare
-    slide code with no folder). Results stored by an earlier analysis are
-    kept: only the status, error and ``finished_at`` change.
+    A new slide is created (from a ``SlideInfo``, or from a bare slide code
+    with no folder) and marked failed. An existing slide's metadata never
+    changes; when it has stored results they are kept with their status
+    (``done`` or ``partial``) and the failed attempt is recorded as an
+    ``analysis-failed`` event; otherwise it is marked failed.
 
     Parameters
     ----------
@@ -508,21 +575,23 @@ def record_slide_failure(
         When ``info_or_code`` is neither a ``SlideInfo`` nor a string.
     """
     if isinstance(info_or_code, SlideInfo):
-        slide = _upsert_slide(session, info_or_code, strict=False)
+        slide_code, info = info_or_code.slide_id, info_or_code
     elif isinstance(info_or_code, str):
-        slide_code = _check_code("slide_id", info_or_code)
-        slide = get_slide(session, slide_code)
-        if slide is None:
-            slide = Slide(slide_code=slide_code, attempts=0)
-            session.add(slide)
+        slide_code, info = info_or_code, None
     else:
         raise TypeError(
             f"info_or_code must be a SlideInfo or a slide code. Received: {type(info_or_code).__name__} "
             f"{info_or_code!r}"
         )
+    slide = get_slide(session, _check_code("slide_id", slide_code))
+    if slide is not None and _has_stored_result(session, slide):
+        return _keep_stored_result(session, slide, _error_text(error))
+    if slide is None:
+        slide = _new_slide_for_failure(session, info) if info is not None else _insert_slide_row(session, slide_code)
     slide.status = "failed"
     slide.error = _error_text(error)
     slide.finished_at = utc_now()
+    slide.heartbeat_at = slide.holder = slide.task_id = None
     session.flush()
     return slide
 
@@ -598,32 +667,6 @@ def counts_for(
     return report
 
 
-def status_summary(session: Session) -> dict[str, Any]:
-    """How many slides are in each status, and each slide's state.
-
-    Returns
-    -------
-    dict
-        ``{"counts": {status: n for every status}, "slides": [...]}``, the
-        slides most recently updated first, each a dict with ``slide_id``,
-        ``status``, ``attempts``, ``error`` and ``updated_at`` (ISO 8601).
-    """
-    counts = {status: 0 for status in SLIDE_STATUSES}
-    for status, n in session.execute(select(Slide.status, func.count()).group_by(Slide.status)):
-        counts[status] = n
-    slides = [
-        {
-            "slide_id": slide.slide_code,
-            "status": slide.status,
-            "attempts": slide.attempts,
-            "error": slide.error,
-            "updated_at": _iso(slide.updated_at),
-        }
-        for slide in session.scalars(select(Slide).order_by(Slide.updated_at.desc(), Slide.slide_code))
-    ]
-    return {"counts": counts, "slides": slides}
-
-
 # --------------------------------------------------------------------------- model versions
 
 
@@ -665,20 +708,22 @@ def get_or_create_model_version(
     _check_code("name", name)
     _check_code("architecture", architecture)
     metrics_json = _metrics_dict(metrics, "metrics")
-    version = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
-    if version is None:
-        version = ModelVersion(
-            name=name, architecture=architecture, path=path, metrics=metrics_json, active=False
+    insert_unless_present(
+        session,
+        ModelVersion,
+        {"name": name, "architecture": architecture, "path": path, "metrics": metrics_json, "active": False},
+        "name",
+    )
+    version = session.scalars(
+        select(ModelVersion).where(ModelVersion.name == name).execution_options(populate_existing=True)
+    ).one()
+    if version.architecture != architecture:
+        raise ValueError(
+            f"Model version {name!r} is registered with architecture {version.architecture!r}. "
+            f"Received: architecture={architecture!r}"
         )
-        session.add(version)
-    else:
-        if version.architecture != architecture:
-            raise ValueError(
-                f"Model version {name!r} is registered with architecture {version.architecture!r}. "
-                f"Received: architecture={architecture!r}"
-            )
-        if path is not None and version.path != path:
-            version.path = path
+    if path is not None and version.path != path:
+        version.path = path
     session.flush()
     return version
 

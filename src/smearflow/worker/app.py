@@ -14,14 +14,24 @@ Delivery guarantees
 - ``task_reject_on_worker_lost``: a task whose worker process was killed is
   put back on the queue at once; the slide's attempt counter
   (``claim_slide``) makes a slide that keeps killing workers end failed.
-- The Redis ``visibility_timeout`` exceeds every hard time limit: a message
-  whose whole worker died is delivered again only after it, never while
-  another worker may still be working on it.
+- A running slide holds a lease its worker renews; when a whole worker dies
+  (its main process killed), reconciliation sends the slide again once the
+  lease expires, long before Redis' ``visibility_timeout`` (which exceeds
+  every hard time limit) would redeliver the message.
+- Reconciliation also sends again a queued slide whose message the broker
+  lost (Redis restarted empty), and a slide whose retries ran out while the
+  database was down.
 """
 
 from __future__ import annotations
 
-from smearflow.worker.settings import ANALYZE_SLIDE_TASK, REBENCHMARK_TASK, RETRAIN_TASK, WorkerSettings
+from smearflow.worker.settings import (
+    ANALYZE_SLIDE_TASK,
+    REBENCHMARK_TASK,
+    RECONCILE_TASK,
+    RETRAIN_TASK,
+    WorkerSettings,
+)
 
 TASK_MODULE = "smearflow.worker.tasks"
 
@@ -67,6 +77,7 @@ def celery_config(settings: WorkerSettings) -> dict:
         "task_default_queue": settings.slides_queue,
         "task_routes": {
             ANALYZE_SLIDE_TASK: {"queue": settings.slides_queue},
+            RECONCILE_TASK: {"queue": settings.slides_queue},
             RETRAIN_TASK: {"queue": settings.training_queue},
             REBENCHMARK_TASK: {"queue": settings.training_queue},
         },
@@ -75,7 +86,10 @@ def celery_config(settings: WorkerSettings) -> dict:
                 "soft_time_limit": settings.soft_time_limit_s,
                 "time_limit": settings.time_limit_s,
                 "max_retries": settings.max_retries,
+                "retry_backoff": settings.retry_backoff_s,
+                "retry_backoff_max": settings.retry_backoff_max_s,
             },
+            RECONCILE_TASK: {"soft_time_limit": 120, "time_limit": 150, "max_retries": 0},
             RETRAIN_TASK: dict(training_limits, max_retries=0),
             REBENCHMARK_TASK: dict(training_limits, max_retries=0),
         },

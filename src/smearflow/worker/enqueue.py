@@ -1,32 +1,40 @@
-"""Register a slide folder as ``queued`` and send its task, once.
+"""Register a slide folder as ``queued`` and send its task, once; reject what is not a slide.
 
 Shared by the inbox watcher and ``smearflow enqueue``. The database is the
-source of truth: a slide already ``queued``, ``running`` or ``done`` is not
-registered again (registering resets its attempt counter) nor sent again,
-so restarting the watcher or enqueueing a folder twice sends one task.
-A ``failed`` slide is registered and sent again: dropping a fixed folder
-back into the inbox retries it.
+source of truth: a slide already ``queued``, ``running``, ``done`` or
+``partial`` from the same folder is not registered again (registering resets
+its counters) nor sent again, so restarting the watcher or enqueueing a
+folder twice sends one task. A ``failed`` slide is registered and sent
+again: dropping a fixed folder back into the inbox retries it.
+
+A folder that is not a slide is *rejected*: recorded in the database
+(``rejected_folders``, shown by ``smearflow status``) with the reason and,
+when a failed folder is given, moved there with an ``error.txt``. That
+covers a folder that cannot be read as a slide (a symbolic link, no image,
+too many images, an invalid ``slide.json`` or slide id), a second folder
+with the id of a slide already stored or in flight from another folder, and
+a slide id stored for another patient (unless the operator reassigns it).
 
 The slide is committed as ``queued`` before its task is sent, so a worker
 never receives a task for a slide it cannot find. When sending fails
-(broker down) the slide is recorded ``failed`` with the reason, so the next
-scan of the inbox, or the next ``smearflow enqueue``, tries again instead of
-leaving a ``queued`` slide that no message will ever reach.
+(broker down) the slide stays ``queued``: reconciliation
+(:mod:`smearflow.worker.reconcile`) sends it once the broker is back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from smearflow.errors import BadSlideError, TransientError
-from smearflow.types import SlideInfo
+from smearflow.errors import BadSlideError, SlideConflictError, TransientError
+from smearflow.slides import DEFAULT_MAX_FIELDS
 
 logger = logging.getLogger(__name__)
 
-ACTIVE_STATUSES = ("queued", "running", "done")
+IN_HAND_STATUSES = ("queued", "running", "done", "partial")
 """Statuses in which a slide is never registered or sent again (without ``force``)."""
 
 SendSlide = Callable[[str, "str | None", "str | None"], None]
@@ -39,46 +47,24 @@ class EnqueueOutcome:
 
     Attributes
     ----------
-    slide_id : str
+    slide_id : str or None
+        ``None`` when the folder could not be read as a slide.
     folder : str
-    action : {"enqueued", "skipped"}
-    status : str
+    action : {"enqueued", "skipped", "rejected"}
+    status : str or None
         The slide's status in the database afterwards.
     reason : str or None
-        Why it was skipped, or why the folder could not be read (it is then
-        enqueued all the same, to be recorded failed by the worker).
+        Why it was skipped or rejected.
+    moved_to : str or None
+        Where a rejected folder was moved.
     """
 
-    slide_id: str
+    slide_id: str | None
     folder: str
     action: str
-    status: str
+    status: str | None
     reason: str | None = None
-
-
-def describe_slide_folder(folder: str | Path) -> tuple[SlideInfo, str | None]:
-    """The folder's ``SlideInfo`` and ``None``, or a bare one and the reason it is unreadable.
-
-    An unreadable slide folder (no image, invalid ``slide.json``) is still
-    registered under its folder name and sent, so that the worker records
-    it failed and moves it to ``failed/`` with its ``error.txt``, like any
-    other failure.
-    """
-    from smearflow.slides import read_slide_folder
-
-    folder = Path(folder)
-    try:
-        return read_slide_folder(folder), None
-    except BadSlideError as exc:
-        info = SlideInfo(
-            slide_id=folder.resolve().name,
-            patient_id=None,
-            collected_at=None,
-            notes=None,
-            folder=str(folder.resolve()),
-            field_paths=(),
-        )
-        return info, str(exc)
+    moved_to: str | None = None
 
 
 def enqueue_slide_folder(
@@ -89,8 +75,11 @@ def enqueue_slide_folder(
     done_dir: str | Path | None = None,
     failed_dir: str | Path | None = None,
     force: bool = False,
+    reassign: bool = False,
+    actor: str | None = None,
+    max_fields: int = DEFAULT_MAX_FIELDS,
 ) -> EnqueueOutcome:
-    """Register ``folder`` as a queued slide and send its task, unless it is already in hand.
+    """Register ``folder`` as a queued slide and send its task, unless it is in hand or not a slide.
 
     Parameters
     ----------
@@ -100,10 +89,17 @@ def enqueue_slide_folder(
     send : callable
         ``send(slide_id, done_dir, failed_dir)``; see :func:`celery_sender`.
     done_dir, failed_dir : str or Path, optional
-        Passed on to the task: where the worker moves the folder afterwards.
+        Where the worker moves the folder afterwards; a rejected folder is
+        moved to ``failed_dir`` at once (it stays in place without one).
     force : bool
-        Register and send even when the slide is queued, running or done
-        (re-analysis; a duplicate task is harmless).
+        Register and send even when the slide is queued, running or done,
+        from this or another folder (re-analysis; a duplicate task is harmless).
+    reassign : bool
+        Allow the folder to move a stored slide to another patient (recorded).
+    actor : str, optional
+        Who asked, recorded with a reassignment.
+    max_fields : int
+        A folder with more field images is rejected.
 
     Returns
     -------
@@ -113,46 +109,96 @@ def enqueue_slide_folder(
     ------
     smearflow.errors.TransientError
         When the database or the broker is unavailable (after sending
-        failed, the slide is recorded ``failed`` so that a later scan
-        retries it).
+        failed, the slide stays queued and reconciliation sends it later).
     ValueError
-        When ``folder`` is not a folder.
+        When nothing exists at ``folder``.
     """
     from smearflow.db import repository, session_scope, transient_database_errors
+    from smearflow.slides import read_slide_folder
 
-    folder = Path(folder)
-    if not folder.is_dir():
+    folder = Path(os.path.abspath(folder))
+    if not os.path.lexists(folder):
         raise ValueError(f"folder must be a slide folder. Received: folder={str(folder)!r}")
-    info, unreadable = describe_slide_folder(folder)
-    if unreadable is not None and not folder.is_dir():
-        # Moved away meanwhile (a worker archiving it): nothing to enqueue.
-        raise ValueError(f"folder must be a slide folder. Received: folder={str(folder)!r}")
+    try:
+        info = read_slide_folder(folder, max_fields=max_fields)
+    except BadSlideError as exc:
+        return reject_folder(session_factory, folder, str(exc), failed_dir=failed_dir)
     with transient_database_errors(), session_scope(session_factory) as session:
         slide = repository.get_slide(session, info.slide_id)
-        if slide is not None and slide.status in ACTIVE_STATUSES and not force:
-            if slide.folder and Path(slide.folder) != Path(info.folder):
-                reason = f"slide {info.slide_id} is already {slide.status} from folder {slide.folder}"
-                logger.warning("%s: not enqueued: %s", folder, reason)
-            else:
-                reason = f"already {slide.status}"
-            return EnqueueOutcome(info.slide_id, info.folder, "skipped", slide.status, reason)
+        if slide is not None and slide.status in IN_HAND_STATUSES and not force:
+            if slide.folder and Path(slide.folder) != folder:
+                reason = (
+                    f"slide id {info.slide_id} is already {slide.status} from folder {slide.folder}; "
+                    "a second folder with the same id is not analysed"
+                )
+                return _reject_after(session, session_factory, folder, reason, info.slide_id, failed_dir)
+            return EnqueueOutcome(info.slide_id, str(folder), "skipped", slide.status, f"already {slide.status}")
         try:
-            repository.register_slide(session, info, status="queued")
-        except (BadSlideError, ValueError) as exc:
-            # The folder read fine but the database refuses a field: register it bare, the worker records why.
-            session.rollback()
-            unreadable = str(exc)
-            bare = SlideInfo(info.slide_id, None, None, None, info.folder, ())
-            repository.register_slide(session, bare, status="queued")
+            repository.register_slide(
+                session,
+                info,
+                status="queued",
+                reassign=reassign,
+                actor=actor,
+                done_dir=_absolute(done_dir),
+                failed_dir=_absolute(failed_dir),
+            )
+        except (SlideConflictError, BadSlideError) as exc:
+            return _reject_after(session, session_factory, folder, str(exc), info.slide_id, failed_dir)
     try:
-        send(info.slide_id, None if done_dir is None else str(done_dir), None if failed_dir is None else str(failed_dir))
+        send(info.slide_id, _absolute(done_dir), _absolute(failed_dir))
     except Exception as exc:  # kombu and redis raise many types for an unreachable broker
-        reason = f"not enqueued, the broker is unavailable: {type(exc).__name__}: {exc}"
-        with transient_database_errors(), session_scope(session_factory) as session:
-            repository.record_slide_failure(session, info.slide_id, reason)
-        raise TransientError(f"{folder}: {reason}") from exc
+        raise TransientError(
+            f"{folder}: slide {info.slide_id} is queued but its task was not sent, the broker is unavailable "
+            f"({type(exc).__name__}: {exc}); reconciliation sends it when the broker is back"
+        ) from exc
     logger.info("enqueued slide %s from %s", info.slide_id, folder)
-    return EnqueueOutcome(info.slide_id, info.folder, "enqueued", "queued", unreadable)
+    return EnqueueOutcome(info.slide_id, str(folder), "enqueued", "queued")
+
+
+def _absolute(path: str | Path | None) -> str | None:
+    return None if path is None else os.path.abspath(path)
+
+
+def _reject_after(session, session_factory, folder: Path, reason: str, slide_id: str, failed_dir) -> EnqueueOutcome:
+    # Record the rejection in a transaction of its own: this one may be rolled back.
+    session.rollback()
+    return reject_folder(session_factory, folder, reason, slide_id=slide_id, failed_dir=failed_dir)
+
+
+def reject_folder(
+    session_factory,
+    folder: str | Path,
+    reason: str,
+    *,
+    slide_id: str | None = None,
+    failed_dir: str | Path | None = None,
+) -> EnqueueOutcome:
+    """Record a folder that is not a slide and move it to ``failed_dir`` with an ``error.txt``.
+
+    Raises
+    ------
+    smearflow.errors.TransientError
+        When the database is unavailable (nothing was moved).
+    """
+    from smearflow.db import lifecycle, session_scope, transient_database_errors
+    from smearflow.imageio import display_name
+    from smearflow.worker.folders import move_slide_folder, rejection_report
+
+    shown = display_name(folder)
+    logger.warning("%s: rejected: %s", shown, reason)
+    with transient_database_errors(), session_scope(session_factory) as session:
+        row_id = lifecycle.record_rejected_folder(session, shown, reason, slide_code=slide_id).id
+    moved_to = None
+    if failed_dir is not None:
+        try:
+            moved_to = display_name(move_slide_folder(folder, failed_dir, rejection_report(shown, reason)))
+        except OSError as exc:
+            logger.error("%s: could not be moved to %s: %s", shown, failed_dir, exc)
+    if moved_to is not None:
+        with transient_database_errors(), session_scope(session_factory) as session:
+            lifecycle.set_rejection_destination(session, row_id, moved_to)
+    return EnqueueOutcome(slide_id, shown, "rejected", None, reason, moved_to)
 
 
 def celery_sender(app, queue: str | None = None) -> SendSlide:

@@ -9,6 +9,7 @@ one ``rename`` when the destination is on the same filesystem (the default
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ def unique_destination(dest_dir: str | Path, name: str) -> Path:
     dest_dir = Path(dest_dir)
     candidate = dest_dir / name
     n = 2
-    while candidate.exists():
+    while os.path.lexists(candidate):
         candidate = dest_dir / f"{name}-{n}"
         n += 1
     return candidate
@@ -51,9 +52,27 @@ def error_report(slide_id: str, error: str | None, attempts: int | None = None, 
     return "\n".join(lines)
 
 
+def rejection_report(folder: str, reason: str, now: datetime | None = None) -> str:
+    """The text of a rejected folder's ``error.txt``."""
+    now = now or datetime.now(UTC)
+    return "\n".join(
+        [f"folder: {folder}", f"rejected at: {now.isoformat(timespec='seconds')}", "", reason.strip(), ""]
+    )
+
+
 def is_in_folder(path: str | Path, folder: str | Path) -> bool:
-    """Whether ``path`` is directly inside ``folder`` (both resolved)."""
-    return Path(path).resolve().parent == Path(folder).resolve()
+    """Whether ``path`` is directly inside ``folder`` (absolute paths, links not followed)."""
+    return Path(os.path.abspath(path)).parent == Path(os.path.abspath(folder))
+
+
+def write_error_file(folder: Path, text: str) -> None:
+    """Write ``folder/error.txt`` without following a link planted under that name."""
+    path = folder / ERROR_FILE
+    if path.is_symlink():
+        path.unlink()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 def move_slide_folder(folder: str | Path, dest_dir: str | Path, error_text: str | None = None) -> Path:
@@ -63,10 +82,14 @@ def move_slide_folder(folder: str | Path, dest_dir: str | Path, error_text: str 
     failure. The destination is created when missing; a name already taken
     there gets a suffix (:func:`unique_destination`).
 
+    A symbolic link is never followed: the link itself (not its target) is
+    moved into a new folder of that name in ``dest_dir``, where
+    ``error.txt`` is written.
+
     Parameters
     ----------
     folder : str or Path
-        The slide folder.
+        The slide folder (or a link in its place).
     dest_dir : str or Path
         ``done/`` or ``failed/``.
     error_text : str, optional
@@ -81,19 +104,24 @@ def move_slide_folder(folder: str | Path, dest_dir: str | Path, error_text: str 
     Raises
     ------
     FileNotFoundError
-        When ``folder`` is not a folder.
+        When nothing exists at ``folder``.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
+    folder = Path(os.path.abspath(folder))
+    if not os.path.lexists(folder):
         raise FileNotFoundError(f"slide folder does not exist. Received: folder={str(folder)!r}")
-    dest_dir = Path(dest_dir).resolve()
-    error_path = folder / ERROR_FILE
-    if error_text is not None:
-        error_path.write_text(error_text, encoding="utf-8")
-    elif error_path.is_file():
-        error_path.unlink()
+    dest_dir = Path(os.path.abspath(dest_dir))
     dest_dir.mkdir(parents=True, exist_ok=True)
-    destination = unique_destination(dest_dir, folder.resolve().name)
+    destination = unique_destination(dest_dir, folder.name)
+    if folder.is_symlink() or not folder.is_dir():
+        destination.mkdir()
+        os.rename(folder, destination / folder.name)  # renames the link itself; its target is never touched
+        write_error_file(destination, error_text or "not a slide folder\n")
+        logger.info("moved the link %s into %s", folder, destination)
+        return destination
+    if error_text is not None:
+        write_error_file(folder, error_text)
+    elif (folder / ERROR_FILE).is_file() and not (folder / ERROR_FILE).is_symlink():
+        (folder / ERROR_FILE).unlink()
     # shutil.move renames (atomic) on one filesystem and copies across filesystems.
     shutil.move(str(folder), str(destination))
     logger.info("moved %s to %s", folder, destination)

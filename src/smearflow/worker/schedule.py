@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smearflow.worker.settings import REBENCHMARK_TASK, RETRAIN_TASK, WorkerSettings
+from smearflow.worker.settings import REBENCHMARK_TASK, RECONCILE_TASK, RETRAIN_TASK, WorkerSettings
 
 
 def parse_cron(expression: str):
@@ -47,7 +47,7 @@ def parse_cron(expression: str):
 
 
 def beat_schedule(settings: WorkerSettings) -> dict[str, dict[str, Any]]:
-    """Celery's ``beat_schedule``: retraining and the re-benchmark on the training queue.
+    """Celery's ``beat_schedule``: reconciliation on the slides queue, retraining and the re-benchmark on the training queue.
 
     A schedule whose cron is ``None`` (``SMEARFLOW_*_CRON=off``) is left out.
 
@@ -56,7 +56,14 @@ def beat_schedule(settings: WorkerSettings) -> dict[str, dict[str, Any]]:
     ValueError
         When a cron expression is invalid (see :func:`parse_cron`).
     """
-    schedule: dict[str, dict[str, Any]] = {}
+    schedule: dict[str, dict[str, Any]] = {
+        "reconcile-slides": {
+            "task": RECONCILE_TASK,
+            "schedule": settings.reconcile_interval_s,
+            # A reconciliation that waited a whole interval is replaced by the next one.
+            "options": {"queue": settings.slides_queue, "expires": settings.reconcile_interval_s},
+        }
+    }
     entries = (("nightly-retrain", RETRAIN_TASK, settings.retrain_cron), ("nightly-benchmark", REBENCHMARK_TASK, settings.benchmark_cron))
     for name, task, cron in entries:
         if cron is None:

@@ -33,11 +33,25 @@ Variables (default in brackets):
 ``SMEARFLOW_MAX_ATTEMPTS``
     claims of a slide before it is given up as failed [3]
 ``SMEARFLOW_MAX_RETRIES``
-    retries after a transient error [5]
+    retries after a transient error (database down), then reconciliation takes over [30]
 ``SMEARFLOW_RETRY_BACKOFF_S``
-    first retry delay, doubled at each retry [10]
+    first retry delay, doubled at each retry, drawn at random below it (Celery's full jitter) [5]
 ``SMEARFLOW_RETRY_BACKOFF_MAX_S``
-    longest retry delay [600]
+    longest retry delay [60]
+``SMEARFLOW_LEASE_S``
+    a running slide whose worker has not renewed its lease for this long is given to another worker [60]
+``SMEARFLOW_HEARTBEAT_S``
+    how often a worker renews the lease of the slide it works on [15]
+``SMEARFLOW_RECONCILE_INTERVAL_S``
+    how often beat and the watcher look for slides whose worker or message was lost [60]
+``SMEARFLOW_QUEUED_GRACE_S``
+    how long a queued slide may go without a message on the broker before it is sent again [60]
+``SMEARFLOW_MAX_REQUEUES``
+    times a slide whose message was lost is sent again before it is given up [5]
+``SMEARFLOW_MAX_FIELDS``
+    field images one slide folder may hold [2000]
+``SMEARFLOW_MAX_FIELD_PIXELS``
+    pixels one field may have, checked from its header before decoding [40000000]
 ``SMEARFLOW_SOFT_TIME_LIMIT_S``
     soft time limit of one slide (then recorded failed) [1200]
 ``SMEARFLOW_TIME_LIMIT_S``
@@ -68,8 +82,6 @@ Variables (default in brackets):
     by how much it must win [0.01]
 ``SMEARFLOW_TIMEZONE``
     time zone of the cron schedules [UTC]
-``SMEARFLOW_TEST_FIELD_DELAY_S``
-    test hook: seconds to sleep after every field [0]
 """
 
 from __future__ import annotations
@@ -93,6 +105,7 @@ TRAINING = "training"
 """Logical name of the queue of retraining and benchmark runs."""
 
 ANALYZE_SLIDE_TASK = "smearflow.analyze_slide"
+RECONCILE_TASK = "smearflow.reconcile"
 RETRAIN_TASK = "smearflow.retrain"
 REBENCHMARK_TASK = "smearflow.rebenchmark"
 
@@ -152,9 +165,16 @@ class WorkerSettings(SerialisableConfig):
     rbc_diameter_px: float | None = None
     preload_model: bool = True
     max_attempts: int = 3
-    max_retries: int = 5
-    retry_backoff_s: float = 10.0
-    retry_backoff_max_s: float = 600.0
+    max_retries: int = 30
+    retry_backoff_s: float = 5.0
+    retry_backoff_max_s: float = 60.0
+    lease_s: float = 60.0
+    heartbeat_s: float = 15.0
+    reconcile_interval_s: float = 60.0
+    queued_grace_s: float = 60.0
+    max_requeues: int = 5
+    max_fields: int = 2000
+    max_field_pixels: int = 40_000_000
     soft_time_limit_s: float = 1200.0
     time_limit_s: float = 1500.0
     training_time_limit_s: float = 14400.0
@@ -171,7 +191,6 @@ class WorkerSettings(SerialisableConfig):
     retrain_metric: str = "macro_f1"
     retrain_margin: float = 0.01
     timezone: str = "UTC"
-    test_field_delay_s: float = 0.0
 
     def __post_init__(self):
         if not self.broker_url:
@@ -189,13 +208,17 @@ class WorkerSettings(SerialisableConfig):
             )
         if self.segmenter not in ("classical", "unet"):
             raise ValueError(f"segmenter must be 'classical' or 'unet'. Received: segmenter={self.segmenter!r}")
-        for name in ("max_attempts", "max_retries"):
+        for name, least in (("max_attempts", 1), ("max_retries", 0), ("max_requeues", 0), ("max_fields", 1), ("max_field_pixels", 1)):
             value = getattr(self, name)
-            if value < (1 if name == "max_attempts" else 0):
-                raise ValueError(f"{name} must be at least {1 if name == 'max_attempts' else 0}. Received: {name}={value}")
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}. Received: {name}={value}")
         for name in (
             "retry_backoff_s",
             "retry_backoff_max_s",
+            "lease_s",
+            "heartbeat_s",
+            "reconcile_interval_s",
+            "queued_grace_s",
             "soft_time_limit_s",
             "time_limit_s",
             "training_time_limit_s",
@@ -204,6 +227,11 @@ class WorkerSettings(SerialisableConfig):
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive. Received: {name}={getattr(self, name)}")
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError(
+                "heartbeat_s must be at most half of lease_s, so one late heartbeat does not lose the lease. "
+                f"Received: heartbeat_s={self.heartbeat_s}, lease_s={self.lease_s}"
+            )
         if self.soft_time_limit_s >= self.time_limit_s:
             raise ValueError(
                 "soft_time_limit_s must be below time_limit_s, so a slow slide is recorded failed before it is killed. "
@@ -223,8 +251,6 @@ class WorkerSettings(SerialisableConfig):
             raise ValueError(f"rbc_diameter_px must be positive. Received: rbc_diameter_px={self.rbc_diameter_px}")
         if self.retrain_margin < 0:
             raise ValueError(f"retrain_margin must not be negative. Received: retrain_margin={self.retrain_margin}")
-        if self.test_field_delay_s < 0:
-            raise ValueError(f"test_field_delay_s must not be negative. Received: test_field_delay_s={self.test_field_delay_s}")
         for name in ("train_config", "benchmark_config"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a JSON object. Received: {name}={getattr(self, name)!r}")
@@ -274,9 +300,16 @@ class WorkerSettings(SerialisableConfig):
             rbc_diameter_px=rbc,
             preload_model=_flag(env, "SMEARFLOW_PRELOAD_MODEL", True),
             max_attempts=_number(env, "SMEARFLOW_MAX_ATTEMPTS", 3, int),
-            max_retries=_number(env, "SMEARFLOW_MAX_RETRIES", 5, int),
-            retry_backoff_s=_number(env, "SMEARFLOW_RETRY_BACKOFF_S", 10.0),
-            retry_backoff_max_s=_number(env, "SMEARFLOW_RETRY_BACKOFF_MAX_S", 600.0),
+            max_retries=_number(env, "SMEARFLOW_MAX_RETRIES", 30, int),
+            retry_backoff_s=_number(env, "SMEARFLOW_RETRY_BACKOFF_S", 5.0),
+            retry_backoff_max_s=_number(env, "SMEARFLOW_RETRY_BACKOFF_MAX_S", 60.0),
+            lease_s=_number(env, "SMEARFLOW_LEASE_S", 60.0),
+            heartbeat_s=_number(env, "SMEARFLOW_HEARTBEAT_S", 15.0),
+            reconcile_interval_s=_number(env, "SMEARFLOW_RECONCILE_INTERVAL_S", 60.0),
+            queued_grace_s=_number(env, "SMEARFLOW_QUEUED_GRACE_S", 60.0),
+            max_requeues=_number(env, "SMEARFLOW_MAX_REQUEUES", 5, int),
+            max_fields=_number(env, "SMEARFLOW_MAX_FIELDS", 2000, int),
+            max_field_pixels=_number(env, "SMEARFLOW_MAX_FIELD_PIXELS", 40_000_000, int),
             soft_time_limit_s=_number(env, "SMEARFLOW_SOFT_TIME_LIMIT_S", 1200.0),
             time_limit_s=_number(env, "SMEARFLOW_TIME_LIMIT_S", 1500.0),
             training_time_limit_s=_number(env, "SMEARFLOW_TRAINING_TIME_LIMIT_S", 14400.0),
@@ -293,7 +326,6 @@ class WorkerSettings(SerialisableConfig):
             retrain_metric=_text(env, "SMEARFLOW_RETRAIN_METRIC", "macro_f1"),
             retrain_margin=_number(env, "SMEARFLOW_RETRAIN_MARGIN", 0.01),
             timezone=_text(env, "SMEARFLOW_TIMEZONE", "UTC"),
-            test_field_delay_s=_number(env, "SMEARFLOW_TEST_FIELD_DELAY_S", 0.0),
         )
 
 

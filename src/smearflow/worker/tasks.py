@@ -1,7 +1,12 @@
 """The Celery tasks: thin wrappers around plain functions.
 
 - ``smearflow.analyze_slide(slide_id, done_dir=None, failed_dir=None)``:
-  :func:`smearflow.worker.slide_job.run_slide_job` (queue ``slides``);
+  :func:`smearflow.worker.slide_job.run_slide_job` (queue ``slides``); a
+  :class:`~smearflow.errors.TransientError` retries it with Celery's own
+  exponential backoff and full jitter (``SMEARFLOW_RETRY_BACKOFF_S``,
+  ``SMEARFLOW_RETRY_BACKOFF_MAX_S``, ``SMEARFLOW_MAX_RETRIES``);
+- ``smearflow.reconcile()``: :func:`smearflow.worker.reconcile.reconcile_slides`
+  (queue ``slides``; sent by beat, and by each worker when it starts);
 - ``smearflow.retrain()``: :func:`smearflow.worker.nightly.run_retraining`
   (queue ``training``);
 - ``smearflow.rebenchmark()``: :func:`smearflow.worker.nightly.run_rebenchmark`
@@ -16,40 +21,23 @@ disposed and the model is loaded in the child (or at its first slide).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from typing import Any, Callable
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init, worker_ready
 
 from smearflow.errors import TransientError
-from smearflow.worker.settings import ANALYZE_SLIDE_TASK, REBENCHMARK_TASK, RETRAIN_TASK, WorkerSettings
+from smearflow.worker.settings import (
+    ANALYZE_SLIDE_TASK,
+    REBENCHMARK_TASK,
+    RECONCILE_TASK,
+    RETRAIN_TASK,
+    WorkerSettings,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def retry_delay_s(retries: int, base_s: float, max_s: float, rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter: about ``base_s * 2**retries``, at most ``max_s``.
-
-    Parameters
-    ----------
-    retries : int
-        Retries so far (0 before the first).
-    base_s, max_s : float
-    rng : callable
-        Uniform ``[0, 1)``; the delay is drawn in ``[d/2, d]`` so that workers
-        that failed together do not retry together.
-
-    Raises
-    ------
-    ValueError
-        When ``retries`` is negative.
-    """
-    if retries < 0:
-        raise ValueError(f"retries must not be negative. Received: retries={retries}")
-    delay = min(max_s, base_s * 2.0 ** min(retries, 32))
-    return delay / 2.0 + rng() * delay / 2.0
 
 
 class WorkerRuntime:
@@ -136,7 +124,10 @@ class WorkerRuntime:
             session_factory=self.session_factory(),
             analyzer_for=self.analyzer_for,
             max_attempts=self.settings.max_attempts,
-            field_delay_s=self.settings.test_field_delay_s,
+            lease_s=self.settings.lease_s,
+            heartbeat_s=self.settings.heartbeat_s,
+            max_fields=self.settings.max_fields,
+            propagate=(SoftTimeLimitExceeded,),
         )
 
 
@@ -172,53 +163,43 @@ def _after_fork(**kwargs) -> None:
         runtime.preload()
 
 
-def _give_up(runtime: WorkerRuntime, slide_id: str, exc: BaseException, retries: int) -> None:
-    """Record a slide failed after its last retry, if the database answers at all."""
-    from smearflow.db import repository, session_scope
+@worker_ready.connect
+def _reconcile_at_start(sender=None, **kwargs) -> None:
+    """A worker that starts asks for a reconciliation (run by a pool process, never here in the parent)."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    from smearflow.worker.app import settings_of
 
-    error = f"gave up after {retries} retries: {type(exc).__name__}: {exc}"
     try:
-        with session_scope(runtime.session_factory()) as session:
-            repository.record_slide_failure(session, slide_id, error)
-    except Exception as record_error:  # noqa: BLE001 - the database is probably still down
-        logger.error("slide %s: could not record the failure (%s): %s", slide_id, record_error, error)
+        app.send_task(RECONCILE_TASK, queue=settings_of(app).slides_queue)
+    except Exception as exc:  # noqa: BLE001 - beat sends the next one
+        logger.warning("could not ask for a reconciliation at start-up: %s", exc)
 
 
-def run_with_retries(task, slide_id: str, body: Callable[[], dict], runtime: WorkerRuntime) -> dict:
-    """Run ``body``; on a :class:`TransientError` retry ``task`` with backoff, or give up.
-
-    Raises
-    ------
-    celery.exceptions.Retry
-        To retry later (Celery's way of ending a task that will run again).
-    smearflow.errors.TransientError
-        After the last retry; the slide is recorded failed when possible.
-    """
-    try:
-        return body()
-    except TransientError as exc:
-        settings = runtime.settings
-        retries = task.request.retries
-        if retries >= settings.max_retries:
-            logger.error("slide %s: giving up after %d retries: %s", slide_id, retries, exc)
-            _give_up(runtime, slide_id, exc, retries)
-            raise
-        countdown = retry_delay_s(retries, settings.retry_backoff_s, settings.retry_backoff_max_s)
-        logger.warning("slide %s: %s; retry %d in %.0f s", slide_id, exc, retries + 1, countdown)
-        raise task.retry(exc=exc, countdown=countdown, max_retries=settings.max_retries)
-
-
-@shared_task(name=ANALYZE_SLIDE_TASK, bind=True)
+@shared_task(name=ANALYZE_SLIDE_TASK, bind=True, autoretry_for=(TransientError,), retry_jitter=True)
 def analyze_slide(self, slide_id: str, done_dir: str | None = None, failed_dir: str | None = None) -> dict:
     """Analyse the registered slide ``slide_id`` and store its result (idempotent)."""
     from smearflow.worker.slide_job import run_slide_job
 
     runtime = get_runtime(self.app)
+    return run_slide_job(
+        slide_id, runtime.slide_context(), task_id=self.request.id, done_dir=done_dir, failed_dir=failed_dir
+    ).to_dict()
 
-    def body() -> dict:
-        return run_slide_job(slide_id, runtime.slide_context(), done_dir=done_dir, failed_dir=failed_dir).to_dict()
 
-    return run_with_retries(self, slide_id, body, runtime)
+@shared_task(name=RECONCILE_TASK, bind=True)
+def reconcile(self) -> dict:
+    """Send again every slide whose worker or message was lost (:mod:`smearflow.worker.reconcile`)."""
+    from smearflow.worker.enqueue import celery_sender
+    from smearflow.worker.reconcile import broker_queue, limits_of, reconcile_slides
+
+    runtime = get_runtime(self.app)
+    settings = runtime.settings
+    report = reconcile_slides(
+        runtime.session_factory(), broker_queue(settings), celery_sender(self.app), limits_of(settings)
+    )
+    return report.to_dict()
 
 
 @shared_task(name=RETRAIN_TASK, bind=True)
@@ -254,4 +235,4 @@ def rebenchmark(self) -> dict:
     )
 
 
-__all__ = ["WorkerRuntime", "analyze_slide", "get_runtime", "rebenchmark", "retrain", "retry_delay_s"]
+__all__ = ["WorkerRuntime", "analyze_slide", "get_runtime", "rebenchmark", "reconcile", "retrain"]
