@@ -61,6 +61,9 @@ CELL_KINDS = ("wbc", "rbc", "platelet")
 RUN_STATUSES = ("running", "done", "failed")
 """Allowed values of ``benchmark_runs.status``."""
 
+TRAINING_OUTCOMES = ("running", "activated", "kept-active", "failed")
+"""Allowed values of ``training_runs.outcome``: ``running`` until the run ends."""
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -134,9 +137,31 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Retention removes old candidates' folders; the row stays for the history.
+    pruned_at: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return f"ModelVersion(name={self.name!r}, active={self.active!r})"
+
+
+class ModelActivation(Base):
+    """Who made which model version active, when and why (automatic or by hand)."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    at: Mapped[datetime] = mapped_column(default=utc_now)
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    automatic: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    model_version: Mapped[ModelVersion] = relationship(foreign_keys=[model_version_id])
+    previous_version: Mapped[ModelVersion | None] = relationship(foreign_keys=[previous_version_id])
+
+    def __repr__(self) -> str:
+        return f"ModelActivation(actor={self.actor!r}, reason={self.reason!r})"
 
 
 # At most one active model: a unique index over the rows where active is true.
@@ -310,6 +335,9 @@ class BenchmarkRun(Base):
     started_at: Mapped[datetime] = mapped_column(default=utc_now)
     finished_at: Mapped[datetime | None]
     run_folder: Mapped[str | None] = mapped_column(Text)
+    # The task that runs it, and how many deliveries it has had (a killed run is redelivered).
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     results: Mapped[list[BenchmarkResult]] = relationship(
         back_populates="run",
@@ -344,7 +372,10 @@ class BenchmarkResult(Base):
 
 
 class TrainingRun(Base):
+    """One retraining: created when it starts, updated when it ends, whatever the outcome."""
+
     __tablename__ = "training_runs"
+    __table_args__ = (CheckConstraint(_in("outcome", TRAINING_OUTCOMES), name="outcome"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     started_at: Mapped[datetime] = mapped_column(default=utc_now)
@@ -357,8 +388,39 @@ class TrainingRun(Base):
     )
     outcome: Mapped[str] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    candidate_dir: Mapped[str | None] = mapped_column(Text)
+    baseline: Mapped[str | None] = mapped_column(Text)
+    metric: Mapped[str | None] = mapped_column(String(32))
+    candidate_figure: Mapped[float | None] = mapped_column(Float)
+    baseline_figure: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+    gate_split_id: Mapped[int | None] = mapped_column(ForeignKey("gate_splits.id", ondelete="SET NULL"))
 
     candidate_model_version: Mapped[ModelVersion | None] = relationship()
 
     def __repr__(self) -> str:
         return f"TrainingRun(architecture={self.architecture!r}, outcome={self.outcome!r})"
+
+
+class GateSplit(Base):
+    """A fixed, versioned set of images that judges retraining candidates against the active model.
+
+    No retraining trains or validates on these images, and a model whose own
+    ``splits.json`` shows it trained on one of them is not judged on the set.
+    A new version is made only when the set can no longer be used (its images
+    vanished, or a model to judge trained on them); the run says so.
+    """
+
+    __tablename__ = "gate_splits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, unique=True)
+    dataset: Mapped[str] = mapped_column(Text)
+    images: Mapped[list[Any]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+    def __repr__(self) -> str:
+        return f"GateSplit(version={self.version!r}, images={len(self.images or [])})"
