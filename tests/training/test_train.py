@@ -192,8 +192,12 @@ def test_default_config_is_unchanged():
         "cnn", 64, 28, 64, 20261125
     )
     assert (config.learning_rate, config.weight_decay, config.label_smoothing, config.class_weight) == (
-        2e-3, 1e-4, 0.05, "balanced"
+        2e-3, 1e-4, 0.05, "prior"
     )
+    assert (config.augmentation, config.augment_strength, config.extra_repeat, config.validation_fraction) == (
+        "domain", 1.0, 8, 0.1
+    )
+    assert config.test_time_augmentation == "none" and config.split_seed is None
     assert config.weights == {} and config.freeze_backbone_epochs == 0 and config.arch_params == {}
 
 
@@ -241,7 +245,9 @@ def test_fine_tuning_starts_from_the_initial_weights_and_adds_extra_images(tmp_p
     assert splits["earlier_train"] == []  # same split: every earlier training image is in "train"
     assert images_trained_on(tuned.path) == set(json.loads((tmp_path / "base" / "splits.json").read_text())["train"])
     assert not images_trained_on(tuned.path) & set(splits["test"])
-    assert tuned.metrics["extra_train_images"] == 3 and tuned.metrics["train_images"] == 18
+    # 18 training-part images: 3 (one per class) validate, 15 train
+    assert tuned.metrics["extra_train_images"] == 3 and tuned.metrics["train_images"] == 15
+    assert len(splits["validation"]) == 3 and not set(splits["validation"]) & set(splits["train"])
 
 
 def test_fine_tuning_refuses_a_test_split_the_initial_model_trained_on(tmp_path):
