@@ -338,6 +338,7 @@ def test_training_fits_the_temperature_on_the_validation_split(tmp_path):
     assert folder.calibration.temperature == calibration["temperature"]
     validation = folder.metrics["validation"]
     assert validation["images"] == 5 and validation["nll_after"] <= validation["nll_before"] + 1e-6
+    assert set(validation["test_time_augmentation"]) == {"none", "flips"}
     assert {"ece", "bins"} <= set(folder.metrics["calibration"])
     loaded = Classifier.load(folder.path)
     assert loaded.temperature == calibration["temperature"]

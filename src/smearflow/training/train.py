@@ -685,6 +685,9 @@ def split_dataset(dataset: ImageDataset, config: TrainConfig) -> tuple[ImageData
     return train_set.subset(fit_idx), train_set.subset(validation_idx), test_set
 
 
+TTA_COMPARED = ("none", "flips")
+"""Test-time views whose validation accuracy and time every training run records."""
+
 THRESHOLD_TARGET_ACCURACY = 0.995
 """The recommended confidence threshold is the lowest at which the validation cells kept reach this accuracy."""
 
@@ -714,8 +717,12 @@ def calibrate(model, config: TrainConfig, validation_set: ImageDataset | None) -
     if validation_set is None or len(validation_set) == 0:
         return {"temperature": 1.0, "test_time_augmentation": config.test_time_augmentation, "fitted_on": None}, {}
     folder = ModelFolder(Path("."), {"architecture": config.architecture, "image_size": config.image_size}, validation_set.classes, {})
-    untempered = Classifier(model, folder, calibration={"test_time_augmentation": config.test_time_augmentation})
-    probabilities, labels = predict_with_classifier(untempered, validation_set)
+    views = {}
+    for mode in dict.fromkeys([config.test_time_augmentation, *TTA_COMPARED]):
+        untempered = Classifier(model, folder, calibration={"test_time_augmentation": mode})
+        started = time.perf_counter()
+        views[mode] = (*predict_with_classifier(untempered, validation_set), time.perf_counter() - started)
+    probabilities, labels, _ = views[config.test_time_augmentation]
     temperature = fit_temperature(probabilities, labels)
     tempered = apply_temperature(probabilities, temperature)
     table = threshold_table(labels, tempered)
@@ -735,6 +742,11 @@ def calibrate(model, config: TrainConfig, validation_set: ImageDataset | None) -
         "ece_before": expected_calibration_error(labels, probabilities)["ece"],
         "ece_after": expected_calibration_error(labels, tempered)["ece"],
         "thresholds": table,
+        # Whether test-time views pay for themselves: accuracy and time of each on the validation split.
+        "test_time_augmentation": {
+            mode: {"accuracy": float(np.mean(p.argmax(axis=1) == y)), "seconds": round(seconds, 2)}
+            for mode, (p, y, seconds) in views.items()
+        },
     }
     return calibration, figures
 
