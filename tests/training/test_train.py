@@ -181,7 +181,7 @@ def test_new_train_config_fields_are_validated():
         TrainConfig(projection_dim=0)
     with pytest.raises(ValueError, match="weights must be a dict"):
         TrainConfig(weights="imagenet")
-    assert TrainConfig().total_epochs() == 28
+    assert TrainConfig().total_epochs() == 40
     assert TrainConfig(architecture="supcon", epochs=3).total_epochs() == 6
 
 
@@ -189,13 +189,13 @@ def test_default_config_is_unchanged():
     """The packaged model's recipe: changing any of these changes the default model."""
     config = TrainConfig()
     assert (config.architecture, config.image_size, config.epochs, config.batch_size, config.seed) == (
-        "cnn", 64, 28, 64, 20261125
+        "cnn", 64, 40, 64, 20261125
     )
     assert (config.learning_rate, config.weight_decay, config.label_smoothing, config.class_weight) == (
         2e-3, 1e-4, 0.05, "prior"
     )
     assert (config.augmentation, config.augment_strength, config.extra_repeat, config.validation_fraction) == (
-        "domain", 1.0, 8, 0.1
+        "domain", 0.5, 8, 0.1
     )
     assert config.test_time_augmentation == "none" and config.split_seed is None
     assert config.weights == {} and config.freeze_backbone_epochs == 0 and config.arch_params == {}

@@ -103,7 +103,7 @@ class TrainConfig(SerialisableConfig):
 
     architecture: str = "cnn"
     image_size: int = 64
-    epochs: int = 28
+    epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
@@ -124,7 +124,7 @@ class TrainConfig(SerialisableConfig):
     extra_repeat: int = 8
     split_seed: int | None = None
     augmentation: str = "domain"
-    augment_strength: float = 1.0
+    augment_strength: float = 0.5
     validation_fraction: float = 0.1
     test_time_augmentation: str = "none"
 
