@@ -692,6 +692,15 @@ THRESHOLD_TARGET_ACCURACY = 0.995
 """The recommended confidence threshold is the lowest at which the validation cells kept reach this accuracy."""
 
 
+def in_memory_classifier(model, config: TrainConfig, classes, calibration: dict | None = None):
+    """A :class:`~smearflow.classifier.Classifier` around a model still in memory (before its folder is written)."""
+    from smearflow.classifier.classifier import Classifier
+    from smearflow.classifier.model_folder import ModelFolder
+
+    folder = ModelFolder(Path("."), {"architecture": config.architecture, "image_size": config.image_size}, classes, {})
+    return Classifier(model, folder, calibration=calibration or {})
+
+
 def calibrate(model, config: TrainConfig, validation_set: ImageDataset | None) -> tuple[dict, dict]:
     """Fit the temperature and recommend a confidence threshold on the validation split.
 
@@ -710,16 +719,13 @@ def calibrate(model, config: TrainConfig, validation_set: ImageDataset | None) -
         recommend_threshold,
         threshold_table,
     )
-    from smearflow.classifier.classifier import Classifier
-    from smearflow.classifier.model_folder import ModelFolder
     from smearflow.training.metrics import expected_calibration_error, negative_log_likelihood
 
     if validation_set is None or len(validation_set) == 0:
         return {"temperature": 1.0, "test_time_augmentation": config.test_time_augmentation, "fitted_on": None}, {}
-    folder = ModelFolder(Path("."), {"architecture": config.architecture, "image_size": config.image_size}, validation_set.classes, {})
     views = {}
     for mode in dict.fromkeys([config.test_time_augmentation, *TTA_COMPARED]):
-        untempered = Classifier(model, folder, calibration={"test_time_augmentation": mode})
+        untempered = in_memory_classifier(model, config, validation_set.classes, {"test_time_augmentation": mode})
         started = time.perf_counter()
         views[mode] = (*predict_with_classifier(untempered, validation_set), time.perf_counter() - started)
     probabilities, labels, _ = views[config.test_time_augmentation]
@@ -797,11 +803,8 @@ def train_classifier(
     train_seconds = time.perf_counter() - started
     history.write_csv(out_dir / "history.csv")
     calibration, validation_figures = calibrate(model, config, validation_set)
-    from smearflow.classifier.classifier import Classifier
-    from smearflow.classifier.model_folder import ModelFolder
-
-    folder = ModelFolder(out_dir, {"architecture": config.architecture, "image_size": config.image_size}, dataset.classes, {})
-    probabilities, labels = predict_with_classifier(Classifier(model, folder, calibration=calibration), test_set)
+    calibrated = in_memory_classifier(model, config, dataset.classes, calibration)
+    probabilities, labels = predict_with_classifier(calibrated, test_set)
     metrics = classification_metrics(labels, probabilities, dataset.classes)
     metrics["calibration"] = expected_calibration_error(labels, probabilities)
     metrics.update(
