@@ -346,3 +346,12 @@ def test_training_fits_the_temperature_on_the_validation_split(tmp_path):
     assert no_validation.calibration.temperature == 1.0 and "validation" not in json.loads(
         (no_validation.path / "splits.json").read_text()
     )
+
+
+def test_a_training_part_too_small_for_a_validation_split_is_refused(tmp_path):
+    from smearflow.training.data import scan_class_folders
+    from smearflow.training.train import split_dataset
+
+    dataset = scan_class_folders(write_class_folders(tmp_path / "data", per_class=2, size=8))
+    with pytest.raises(ValueError, match="has no class with two images"):
+        split_dataset(dataset, TrainConfig(test_fraction=0.5))

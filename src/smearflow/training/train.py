@@ -680,6 +680,11 @@ def split_dataset(dataset: ImageDataset, config: TrainConfig) -> tuple[ImageData
         return train_set, None, test_set
     # At least one image of each class, so that a tiny dataset still splits stratified.
     n_classes = len(np.unique(train_set.labels))
+    if np.bincount(train_set.labels).max(initial=0) < 2:
+        raise ValueError(
+            f"the training part ({len(train_set)} images) has no class with two images: nothing to hold out for "
+            f"validation. Received: validation_fraction={config.validation_fraction}"
+        )
     fraction = max(config.validation_fraction, n_classes / max(len(train_set), 1))
     fit_idx, validation_idx = stratified_holdout(train_set.labels, fraction, seed)
     return train_set.subset(fit_idx), train_set.subset(validation_idx), test_set
