@@ -152,3 +152,50 @@ def test_export_crops_command_errors(tmp_path):
     (tmp_path / "c.csv").write_text("image,kaggle_wbc_category\n")
     empty = CliRunner().invoke(app, ["export-crops", str(tmp_path), "--labels", str(tmp_path / "c.csv"), "--out", "x"])
     assert empty.exit_code == 2 and "no labelled image" in " ".join(empty.output.split())
+
+
+def test_evaluate_fields_reports_per_class_figures_and_a_confusion_matrix(tmp_path):
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        write_rgb(tmp_path / name, np.full((60, 60, 3), 200, np.uint8))
+    labels = {"a.jpg": "neutrophil", "b.jpg": "lymphocyte", "c.jpg": "neutrophil"}
+    analyzer = Analyzer(
+        PlantedSegmenter([_cell("wbc", 30, 30)]), ColumnClassifier(["neutrophil", "neutrophil", "lymphocyte"]), UNCHECKED
+    )
+    report = evaluate_fields(tmp_path, labels, analyzer)
+    assert report["classes"] == ["lymphocyte", "neutrophil"] == report["label_classes"]
+    assert report["confusion_matrix"] == [[0, 1], [1, 1]]
+    assert report["per_class"]["neutrophil"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert report["calibration"] is None and report["uncertain_cells"] is None  # the fake gives no probabilities
+
+
+def test_field_confusion_keeps_labels_outside_the_classes():
+    from smearflow.fieldeval import field_confusion
+
+    result = field_confusion([("neutrophil", "neutrophil"), ("smudge", "neutrophil")], ["lymphocyte", "neutrophil"])
+    assert result["label_classes"] == ["lymphocyte", "neutrophil", "smudge"]
+    assert result["confusion_matrix"] == [[0, 0], [0, 1], [0, 1]]
+    assert set(result["per_class"]) == {"neutrophil", "smudge"}
+
+
+def test_evaluate_fields_command_with_a_real_model_prints_tables_and_writes_plots(tmp_path, tiny_model_dir, monkeypatch):
+    import smearflow.jobs as jobs
+
+    for name in ("a.jpg", "b.jpg"):
+        write_rgb(tmp_path / name, np.full((60, 60, 3), 200, np.uint8))
+    (tmp_path / "labels.csv").write_text("image,kaggle_wbc_category\na.jpg,NEUTROPHIL\nb.jpg,LYMPHOCYTE\n")
+    real_load = jobs.Analyzer.load
+
+    def load_with_planted_segmenter(model_dir=None, config=PipelineConfig(), **kwargs):
+        analyzer = real_load(model_dir, config, **kwargs)
+        return Analyzer(PlantedSegmenter([_cell("wbc", 30, 30)]), analyzer.classifier, UNCHECKED)
+
+    monkeypatch.setattr(jobs.Analyzer, "load", staticmethod(load_with_planted_segmenter))
+    args = ["evaluate-fields", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--model", str(tiny_model_dir)]
+    table = CliRunner().invoke(app, [*args, "--plots", str(tmp_path / "plots")])
+    assert table.exit_code == 0, table.output
+    assert "per label" in table.stdout and "majority class" in table.stdout and "ECE (15 bins)" in table.stdout
+    assert "below the confidence threshold 0.50" in table.stdout
+    assert (tmp_path / "plots" / "confusion_matrix.png").is_file() and (tmp_path / "plots" / "reliability.png").is_file()
+    payload = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    assert payload["classified_fields"] == 2 and payload["calibration"]["cells"] == 2
+    assert "platelet" not in payload["classes"] and len(payload["confusion_matrix"]) == len(payload["label_classes"])

@@ -356,8 +356,17 @@ def evaluate_fields_command(
     model: ModelDir = None,
     segmenter: SegmenterOption = "classical",
     as_json: JsonFlag = False,
+    plots: Annotated[
+        Optional[Path], typer.Option("--plots", help="Write confusion_matrix.png (and reliability.png) here.")
+    ] = None,
 ):
-    """Analyse labelled whole fields and report how often the class found matches the label."""
+    """Analyse labelled whole fields and report how often the class found matches the label.
+
+    Prints per-label agreement, precision and recall, the confusion matrix of labels against each
+    field's majority class, and the expected calibration error (15 bins) of the white cells of
+    single-cell fields.
+    """
+    from smearflow.commands.training import confusion_table, per_class_table, write_evaluation_plots
     from smearflow.config import PipelineConfig
     from smearflow.errors import PermanentError
     from smearflow.fieldeval import evaluate_fields
@@ -370,17 +379,51 @@ def evaluate_fields_command(
     except (PermanentError, ValueError) as error:
         raise fail(str(error)) from None
     report["subset"] = subset
+    if plots is not None:
+        title = f"{analyzer.classifier.version}: {subset} fields of {images.name}"
+        # the first rows are the columns' classes; labels outside them are left out of the plot
+        square = {
+            "classes": report["classes"],
+            "confusion_matrix": report["confusion_matrix"][: len(report["classes"])],
+            "calibration": report["calibration"],
+        }
+        report["plots"] = write_evaluation_plots(square, plots, title)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     console = stdout_console()
     agreement = "-" if report["agreement"] is None else f"{100 * report['agreement']:.1f}%"
+    ms = "-" if report["ms_per_field"] is None else f"{report['ms_per_field']:.0f}"
     console.print(
-        f"{report['fields']} fields ({subset}): majority class matches the label in {agreement}; "
-        f"no white cell classified in {report['no_wbc_found']}; {report['ms_per_field']:.0f} ms per field"
+        f"{report['fields']} fields ({subset}): majority class matches the label in {agreement} of "
+        f"{report['classified_fields']} with a classified white cell; no white cell classified in "
+        f"{report['no_wbc_found']}; {ms} ms per field",
+        highlight=False,
     )
+    console.print(per_class_table("per label (recall = agreement)", report["per_class"]))
+    console.print(
+        confusion_table(
+            "fields by label (rows) and majority class", report["confusion_matrix"], report["label_classes"],
+            report["classes"],
+        )
+    )
+    calibration = report["calibration"]
+    if calibration is not None:
+        console.print(
+            f"ECE ({calibration['n_bins']} bins) {calibration['ece']:.4f} over the {calibration['cells']} white cells "
+            "of single-cell fields",
+            highlight=False,
+        )
+    if report["uncertain_cells"] is not None:
+        console.print(
+            f"{report['uncertain_cells']} of {report['classified_cells']} white cells below the confidence threshold "
+            f"{report['confidence_threshold']:.2f} (uncertain)",
+            highlight=False,
+        )
     for label, row in report["per_label"].items():
         console.print(f"  {label:<11} {row['fields']:>4} fields -> {row['predicted']}", highlight=False)
+    for path in report.get("plots", ()):
+        console.print(f"wrote {path}", highlight=False)
 
 
 @app.command("export-crops")

@@ -126,3 +126,39 @@ def test_excluded_classes_get_no_probability(tiny_model_dir):
         classifier.classify(crops, exclude=("macrophage",))
     with pytest.raises(ValueError, match="every class"):
         classifier.classify(crops, exclude=WBC_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def tiny_hybrid_dir(tmp_path_factory):
+    """An untrained hybrid (InceptionV3 + Xception) model folder at its smallest input, with a calibration file."""
+    from smearflow import WBC_CLASSES
+    from smearflow.classifier.model_folder import write_model_folder
+    from smearflow.training.architectures import build_model, get_architecture
+
+    size = get_architecture("hybrid").min_image_size
+    path = tmp_path_factory.mktemp("tiny-hybrid")
+    write_model_folder(
+        path,
+        build_model("hybrid", size, len(WBC_CLASSES), dense_units=8),
+        config={"architecture": "hybrid", "image_size": size, "arch_params": {"dense_units": 8}},
+        classes=WBC_CLASSES,
+        metrics={"note": "untrained test model"},
+        calibration={"temperature": 1.5, "confidence_threshold": 0.4, "test_time_augmentation": "none"},
+    )
+    return path
+
+
+def test_a_hybrid_model_folder_loads_as_model_dir_and_classifies_crops(tiny_hybrid_dir):
+    """``analyze --model``, the worker and nightly retraining all load through Analyzer.load."""
+    from smearflow.config import PipelineConfig
+    from smearflow.jobs import Analyzer
+
+    analyzer = Analyzer.load(tiny_hybrid_dir, PipelineConfig())
+    classifier = analyzer.classifier
+    assert classifier.folder.architecture == "hybrid" and classifier.version.startswith("hybrid-")
+    assert classifier.temperature == 1.5 and classifier.confidence_threshold == 0.4
+    crops = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    results = classifier.classify(crops, exclude=("platelet",))
+    assert len(results) == 3 and all(r.label != "platelet" for r in results)
+    assert all(len(r.probabilities) == len(classifier.classes) for r in results)
+    np.testing.assert_allclose([sum(r.probabilities) for r in results], 1.0, rtol=1e-5)

@@ -5,7 +5,8 @@ import pytest
 
 from smearflow_testkit import write_class_folders
 from smearflow.errors import BadDatasetError
-from smearflow.training.data import augment, batches, concatenate_datasets, scan_class_folders, stratified_holdout
+from smearflow.training.augment import augment
+from smearflow.training.data import batches, concatenate_datasets, scan_class_folders, stratified_holdout
 
 
 def test_scan_lists_classes_in_sorted_order(tmp_path):

@@ -99,3 +99,17 @@ def test_evaluate_classifier_command_scores_a_split_of_the_model(tiny_model_dir,
     assert json.loads(result.stdout)["images"] == 1
     unknown = runner.invoke(app, [*args, "--split", "validation"])
     assert unknown.exit_code == 1 and "no list named 'validation'" in unknown.output
+
+
+def test_evaluate_classifier_prints_confusion_and_calibration_and_writes_plots(tiny_model_dir, mixed_data, tmp_path):
+    runner = CliRunner()
+    args = ["evaluate-classifier", str(mixed_data), "--model", str(tiny_model_dir), "--plots", str(tmp_path / "plots")]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0, table.output
+    assert "confusion matrix" in table.stdout and "ECE (15 bins)" in table.stdout and "uncertain" in table.stdout
+    for name in ("confusion_matrix.png", "reliability.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    payload = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert payload["calibration"]["n_bins"] == 15 and 0 <= payload["calibration"]["ece"] <= 1
+    assert payload["confidence"]["temperature"] == 1.0 and payload["confidence"]["confidence_threshold"] == 0.5
+    assert len(payload["plots"]) == 2

@@ -44,3 +44,26 @@ def test_average_over_present_classes():
     assert present["per_class"] == all_classes["per_class"] and present["accuracy"] == 0.75
     with pytest.raises(ValueError, match=r"average_over must hold class indices in \[0, 3\). Received: average_over=\[3\]"):
         classification_metrics(y_true, y_prob, ["a", "b", "c"], average_over=[3])
+
+
+def test_expected_calibration_error_by_hand():
+    from smearflow.training.metrics import expected_calibration_error, negative_log_likelihood
+
+    # two images at confidence 0.9 (one right), two at 0.6 (both right)
+    y_prob = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    y_true = np.array([0, 1, 1, 1])
+    result = expected_calibration_error(y_true, y_prob, n_bins=10)
+    assert result["ece"] == pytest.approx(0.5 * abs(0.5 - 0.9) + 0.5 * abs(1.0 - 0.6))
+    assert result["max_gap"] == pytest.approx(0.4)
+    assert [(b["images"], b["accuracy"]) for b in result["bins"]] == [(2, 1.0), (2, 0.5)]
+    assert expected_calibration_error(y_true, y_prob)["n_bins"] == 15
+    assert negative_log_likelihood(y_true, y_prob) == pytest.approx(-np.mean(np.log([0.9, 0.1, 0.6, 0.6])))
+
+
+def test_expected_calibration_error_validates():
+    from smearflow.training.metrics import expected_calibration_error
+
+    with pytest.raises(ValueError, match="n_bins must be at least 1. Received: n_bins=0"):
+        expected_calibration_error(np.array([0]), np.array([[1.0, 0.0]]), n_bins=0)
+    with pytest.raises(ValueError, match="one label per row"):
+        expected_calibration_error(np.array([], dtype=int), np.zeros((0, 2)))

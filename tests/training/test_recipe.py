@@ -30,31 +30,33 @@ def _labelled_fields(root, n=10):
     return names
 
 
-def test_default_recipe_fine_tunes_the_base_with_the_tuning_fields_crops(tmp_path):
+TINY = TrainConfig(image_size=32, epochs=1, batch_size=8, test_fraction=0.25, arch_params={"filters": (4, 8)})
+
+
+def test_default_recipe_mixes_the_tuning_fields_crops_into_one_training_run(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=8, size=32)
     names = _labelled_fields(tmp_path / "fields")
-    base = TrainConfig(image_size=32, epochs=1, batch_size=8, test_fraction=0.25, arch_params={"filters": (4, 8)})
     folder = train_default_model(
         data,
         tmp_path / "run",
         field_images=tmp_path / "fields",
         field_labels=tmp_path / "fields" / "labels.csv",
-        base_config=base,
-        fine_tune_overrides={"epochs": 1, "class_weight": "none"},
+        config=TINY,
         segmenter=_OneWhiteCell(),
     )
     assert folder.path == tmp_path / "run" / "model"
-    assert folder.config["init_model"] == str(tmp_path / "run" / "base")
-    assert folder.config["class_weight"] == "none"
+    assert folder.config["init_model"] is None and folder.config["class_weight"] == "prior"
+    assert folder.config["extra_data"] == str(tmp_path / "run" / "field-crops")
     splits = json.loads((folder.path / "splits.json").read_text())
     tuning, _ = holdout_split(Path(n).stem for n in names)
     assert sorted(Path(n).stem for n in splits["extra"]) == sorted(tuning)
+    assert (folder.path / "calibration.json").is_file() and splits["validation"]
 
 
-def test_default_recipe_without_fields_is_the_base(tmp_path):
+def test_default_recipe_without_fields_trains_on_the_dataset_alone(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=8, size=32)
-    base = TrainConfig(image_size=32, epochs=1, batch_size=8, test_fraction=0.25, arch_params={"filters": (4, 8)})
-    assert train_default_model(data, tmp_path / "run", base_config=base).path == tmp_path / "run" / "base"
+    folder = train_default_model(data, tmp_path / "run", config=TINY)
+    assert folder.path == tmp_path / "run" / "model" and folder.config["extra_data"] is None
 
 
 def test_default_recipe_needs_fields_and_labels_together(tmp_path):
@@ -67,8 +69,8 @@ def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_recipe(data, out, *, field_images, field_labels, on_epoch_end):
-        calls.append((data, out, field_images, field_labels))
+    def fake_recipe(data, out, *, field_images, field_labels, config, on_epoch_end):
+        calls.append((data, out, field_images, field_labels, config.seed, config.splits_seed))
         on_epoch_end(0, {"loss": 1.0})
         return SimpleNamespace(path=out / "model", metrics={"accuracy": 0.9, "macro_f1": 0.8, "test_images": 5})
 
@@ -76,10 +78,13 @@ def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
     runner = CliRunner()
     result = runner.invoke(app, ["train-default", "--data", "d", "--out", str(tmp_path), "--no-fields"])
     assert result.exit_code == 0, result.output
-    assert calls[-1] == (Path("d"), tmp_path, None, None)
+    default_seed = TrainConfig().seed
+    assert calls[-1] == (Path("d"), tmp_path, None, None, default_seed, default_seed)
     assert "test accuracy 0.9000" in result.stdout
-    runner.invoke(app, ["train-default", "--fields", "f", "--field-labels", "l.csv", "--out", str(tmp_path)])
-    assert calls[-1][2:] == (Path("f"), Path("l.csv"))
+    args = ["train-default", "--fields", "f", "--field-labels", "l.csv", "--out", str(tmp_path), "--seed", "7"]
+    runner.invoke(app, args)
+    # another training seed, the same test and validation splits
+    assert calls[-1][2:] == (Path("f"), Path("l.csv"), 7, default_seed)
 
 
 def test_train_default_command_reports_errors(tmp_path):

@@ -19,3 +19,14 @@ def test_mean_std_and_csv(tmp_path):
     assert mean_std([]) == {"mean": None, "std": None, "n": 0}
     write_csv([{"a": 1}, {"a": 2, "b": 3}], tmp_path / "x.csv")
     assert (tmp_path / "x.csv").read_text().splitlines() == ["a,b", "1,", "2,3"]
+
+
+def test_reliability_plot(tmp_path):
+    from smearflow.training.metrics import expected_calibration_error
+    from smearflow.training.reports import plot_reliability
+
+    calibration = expected_calibration_error(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]))
+    path = plot_reliability(calibration, tmp_path / "r" / "reliability.png", "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="calibration must hold a list of bins"):
+        plot_reliability({"ece": 0.1}, tmp_path / "x.png", "test")

@@ -181,7 +181,7 @@ def test_new_train_config_fields_are_validated():
         TrainConfig(projection_dim=0)
     with pytest.raises(ValueError, match="weights must be a dict"):
         TrainConfig(weights="imagenet")
-    assert TrainConfig().total_epochs() == 28
+    assert TrainConfig().total_epochs() == 40
     assert TrainConfig(architecture="supcon", epochs=3).total_epochs() == 6
 
 
@@ -189,11 +189,15 @@ def test_default_config_is_unchanged():
     """The packaged model's recipe: changing any of these changes the default model."""
     config = TrainConfig()
     assert (config.architecture, config.image_size, config.epochs, config.batch_size, config.seed) == (
-        "cnn", 64, 28, 64, 20261125
+        "cnn", 64, 40, 64, 20261125
     )
     assert (config.learning_rate, config.weight_decay, config.label_smoothing, config.class_weight) == (
-        2e-3, 1e-4, 0.05, "balanced"
+        2e-3, 1e-4, 0.05, "prior"
     )
+    assert (config.augmentation, config.augment_strength, config.extra_repeat, config.validation_fraction) == (
+        "domain", 0.5, 8, 0.1
+    )
+    assert config.test_time_augmentation == "none" and config.split_seed is None
     assert config.weights == {} and config.freeze_backbone_epochs == 0 and config.arch_params == {}
 
 
@@ -241,7 +245,9 @@ def test_fine_tuning_starts_from_the_initial_weights_and_adds_extra_images(tmp_p
     assert splits["earlier_train"] == []  # same split: every earlier training image is in "train"
     assert images_trained_on(tuned.path) == set(json.loads((tmp_path / "base" / "splits.json").read_text())["train"])
     assert not images_trained_on(tuned.path) & set(splits["test"])
-    assert tuned.metrics["extra_train_images"] == 3 and tuned.metrics["train_images"] == 18
+    # 18 training-part images: 3 (one per class) validate, 15 train
+    assert tuned.metrics["extra_train_images"] == 3 and tuned.metrics["train_images"] == 15
+    assert len(splits["validation"]) == 3 and not set(splits["validation"]) & set(splits["train"])
 
 
 def test_fine_tuning_refuses_a_test_split_the_initial_model_trained_on(tmp_path):
@@ -277,3 +283,75 @@ def test_fine_tuning_without_a_split_record_warns(tmp_path, caplog):
 def test_extra_repeat_is_validated():
     with pytest.raises(ValueError, match="extra_repeat must be at least 1. Received: extra_repeat=0"):
         TrainConfig(extra_repeat=0)
+
+
+def test_prior_class_weights_keep_the_main_datasets_class_shares():
+    from smearflow.training.train import class_weights
+
+    main = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    with_extra = np.concatenate([main, [1] * 5])  # extra images of class 1 only
+    weights = class_weights("prior", with_extra, 3, prior_labels=main)
+    weighted = np.array([np.sum(with_extra == c) * weights[c] for c in range(3)])
+    np.testing.assert_allclose(weighted / weighted.sum(), [0.6, 0.3, 0.1])
+    assert class_weights("prior", main, 3, prior_labels=main) is None
+    assert class_weights("prior", main, 3) is None
+    assert class_weights("none", with_extra, 3, prior_labels=main) is None
+    assert class_weights("balanced", main, 3) == balanced_class_weights(main, 3)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        class_weights("smote", main, 3)
+    with pytest.raises(ValueError, match="every class needs at least one training image"):
+        class_weights("prior", np.array([0, 0, 1, 1]), 3, prior_labels=np.array([0, 1, 1]))
+
+
+def test_recipe_fields_of_the_train_config_are_validated():
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        TrainConfig(augmentation="heavy")
+    with pytest.raises(ValueError, match="augment_strength must be >= 0. Received: augment_strength=-0.5"):
+        TrainConfig(augment_strength=-0.5)
+    with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\). Received: validation_fraction=1.0"):
+        TrainConfig(validation_fraction=1.0)
+    with pytest.raises(ValueError, match="test_time_augmentation must be one of"):
+        TrainConfig(test_time_augmentation="many")
+    assert TrainConfig(seed=3).splits_seed == 3 and TrainConfig(seed=3, split_seed=5).splits_seed == 5
+
+
+def test_training_seeds_share_the_test_and_validation_splits(tmp_path):
+    from smearflow.training.data import scan_class_folders
+    from smearflow.training.train import split_dataset
+
+    dataset = scan_class_folders(write_class_folders(tmp_path / "data", per_class=10, size=8))
+    first = split_dataset(dataset, TrainConfig(seed=1, split_seed=9, test_fraction=0.2))
+    second = split_dataset(dataset, TrainConfig(seed=2, split_seed=9, test_fraction=0.2))
+    for a, b in zip(first, second):
+        assert a.paths == b.paths
+    train, validation, test = first
+    assert not set(train.paths) & set(validation.paths) and not set(validation.paths) & set(test.paths)
+    assert split_dataset(dataset, TrainConfig(validation_fraction=0.0))[1] is None
+
+
+def test_training_fits_the_temperature_on_the_validation_split(tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=10, size=32)
+    folder = train_classifier(data, tmp_path / "model", _tiny_config(epochs=2, validation_fraction=0.2))
+    calibration = json.loads((folder.path / "calibration.json").read_text())
+    assert calibration["temperature"] > 0 and 0 <= calibration["confidence_threshold"] <= 1
+    assert "validation split (5 images" in calibration["fitted_on"]
+    assert folder.calibration.temperature == calibration["temperature"]
+    validation = folder.metrics["validation"]
+    assert validation["images"] == 5 and validation["nll_after"] <= validation["nll_before"] + 1e-6
+    assert set(validation["test_time_augmentation"]) == {"none", "flips"}
+    assert {"ece", "bins"} <= set(folder.metrics["calibration"])
+    loaded = Classifier.load(folder.path)
+    assert loaded.temperature == calibration["temperature"]
+    no_validation = train_classifier(data, tmp_path / "plain", _tiny_config(validation_fraction=0.0))
+    assert no_validation.calibration.temperature == 1.0 and "validation" not in json.loads(
+        (no_validation.path / "splits.json").read_text()
+    )
+
+
+def test_a_training_part_too_small_for_a_validation_split_is_refused(tmp_path):
+    from smearflow.training.data import scan_class_folders
+    from smearflow.training.train import split_dataset
+
+    dataset = scan_class_folders(write_class_folders(tmp_path / "data", per_class=2, size=8))
+    with pytest.raises(ValueError, match="has no class with two images"):
+        split_dataset(dataset, TrainConfig(test_fraction=0.5))

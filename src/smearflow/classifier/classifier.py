@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from smearflow.classifier.calibration import Calibration, apply_temperature, tta_views
 from smearflow.classifier.model_folder import ModelFolder, read_model_folder
 from smearflow.classifier.preprocessing import resize_batch
 from smearflow.errors import BadModelError
@@ -25,14 +27,44 @@ class Classifier:
 
     Use :meth:`load`; the constructor takes an already built Keras model so
     that tests and training can wrap a model they hold in memory.
+
+    Parameters
+    ----------
+    model : keras.Model
+    folder : ModelFolder
+    calibration : Calibration or dict, optional
+        Replaces ``folder.calibration`` (training fits it before the folder
+        is written).
+
+    Attributes
+    ----------
+    temperature : float
+        Applied inside :meth:`predict_proba` (1: none).
+    confidence_threshold : float
+        Recommended top probability below which a cell is uncertain (see
+        :meth:`is_uncertain`).
+    test_time_augmentation : str
+        Views averaged inside :meth:`predict_proba`.
     """
 
-    def __init__(self, model, folder: ModelFolder):
+    def __init__(self, model, folder: ModelFolder, calibration: Calibration | dict | None = None):
         self.model = model
         self.folder = folder
         self.classes = folder.classes
         self.image_size = folder.image_size
-        self.version = folder.version
+        if calibration is None:
+            calibration = folder.calibration
+        elif isinstance(calibration, dict):
+            calibration = Calibration.from_dict(calibration)
+        self.calibration = calibration
+        self.temperature = calibration.temperature
+        self.confidence_threshold = calibration.confidence_threshold
+        self.test_time_augmentation = calibration.test_time_augmentation
+
+    @cached_property
+    def version(self) -> str:
+        """``<architecture>-<sha256 prefix of the weights>`` (see :attr:`ModelFolder.version`)."""
+        return self.folder.version
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "Classifier":
@@ -60,7 +92,11 @@ class Classifier:
         return cls(model, folder)
 
     def predict_proba(self, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Class probabilities for crops.
+        """Calibrated class probabilities for crops.
+
+        The network's probabilities are averaged over the test-time views
+        (``test_time_augmentation``), then tempered, ``softmax(log p / T)``
+        with ``T = temperature`` (see :mod:`smearflow.classifier.calibration`).
 
         Parameters
         ----------
@@ -82,12 +118,46 @@ class Classifier:
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         resized = resize_batch(crops, self.image_size)
+        views = tta_views(resized, self.test_time_augmentation)
         # Calling the model on a batch is far faster than model.predict per call.
         outputs = [
-            keras.ops.convert_to_numpy(self.model(resized[i : i + batch_size].astype(np.float32), training=False))
+            np.mean(
+                [
+                    keras.ops.convert_to_numpy(self.model(view[i : i + batch_size].astype(np.float32), training=False))
+                    for view in views
+                ],
+                axis=0,
+            )
             for i in range(0, len(resized), batch_size)
         ]
-        return np.concatenate(outputs).astype(np.float32)
+        return apply_temperature(np.concatenate(outputs), self.temperature)
+
+    def is_uncertain(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Which rows' top probability is below the confidence threshold.
+
+        Parameters
+        ----------
+        probabilities : ndarray of shape (n, n_classes)
+            From :meth:`predict_proba`.
+        threshold : float, optional
+            Default ``confidence_threshold`` (the model folder's recommendation).
+
+        Returns
+        -------
+        ndarray of shape (n,), bool
+
+        Raises
+        ------
+        ValueError
+            When ``threshold`` is outside [0, 1].
+        """
+        threshold = self.confidence_threshold if threshold is None else threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1]. Received: threshold={threshold}")
+        probabilities = np.asarray(probabilities)
+        if len(probabilities) == 0:
+            return np.zeros(0, dtype=bool)
+        return probabilities.max(axis=1) < threshold
 
     def classify(self, crops: np.ndarray, batch_size: int = 32, exclude: tuple[str, ...] = ()) -> list[Classification]:
         """Label each crop with its most probable class and that probability.

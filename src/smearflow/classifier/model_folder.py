@@ -4,6 +4,9 @@
 ``config.json``   architecture, input size and training settings
 ``classes.json``  ordered class names: output ``i`` of the network is class ``i``
 ``metrics.json``  figures measured on the held-out test split
+``calibration.json`` (optional) temperature, confidence threshold and
+                  test-time views fitted on a validation split (see
+                  :mod:`smearflow.classifier.calibration`); absent: identity
 
 Reading and writing these files needs no Keras, so the database, the CLI and
 the worker can inspect a model without loading a deep-learning backend.
@@ -17,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smearflow.classifier.calibration import Calibration
 from smearflow.errors import BadModelError
 
 WEIGHTS_FILE = "model.keras"
 REQUIRED_FILES = ("model.keras", "config.json", "classes.json", "metrics.json")
 REQUIRED_CONFIG_KEYS = ("architecture", "image_size")
+CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class ModelFolder:
     config: dict[str, Any]
     classes: tuple[str, ...]
     metrics: dict[str, Any]
+    calibration: Calibration = Calibration()
 
     @property
     def weights_path(self) -> Path:
@@ -89,7 +95,22 @@ def read_model_folder(path: str | Path) -> ModelFolder:
     metrics = _read_json(path / "metrics.json")
     if not isinstance(metrics, dict):
         raise BadModelError(f"{path / 'metrics.json'}: expected a JSON object, got {type(metrics).__name__}")
-    return ModelFolder(path=path, config=config, classes=tuple(classes), metrics=metrics)
+    return ModelFolder(
+        path=path, config=config, classes=tuple(classes), metrics=metrics, calibration=_read_calibration(path)
+    )
+
+
+def _read_calibration(path: Path) -> Calibration:
+    file = path / CALIBRATION_FILE
+    if not file.is_file():
+        return Calibration()
+    data = _read_json(file)
+    if not isinstance(data, dict):
+        raise BadModelError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return Calibration.from_dict(data)
+    except ValueError as error:
+        raise BadModelError(f"{file}: {error}") from None
 
 
 def write_model_folder(
@@ -99,8 +120,9 @@ def write_model_folder(
     config: dict[str, Any],
     classes: list[str] | tuple[str, ...],
     metrics: dict[str, Any],
+    calibration: dict[str, Any] | None = None,
 ) -> ModelFolder:
-    """Save a Keras model with its config, classes and metrics as a model folder."""
+    """Save a Keras model with its config, classes, metrics and (optionally) calibration as a model folder."""
     import keras
 
     path = Path(path)
@@ -115,4 +137,6 @@ def write_model_folder(
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (path / "classes.json").write_text(json.dumps(list(classes), indent=2) + "\n")
     (path / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if calibration is not None:
+        (path / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2, sort_keys=True) + "\n")
     return read_model_folder(path)

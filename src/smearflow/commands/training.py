@@ -91,7 +91,10 @@ def train(
     image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed of split, weights and augmentation.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed of weights and augmentation (and splits).")] = None,
+    split_seed: Annotated[
+        Optional[int], typer.Option(help="Seed of the test and validation splits (default: --seed).")
+    ] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="Initial learning rate.")] = None,
     weights: WeightsOption = None,
     freeze_backbone_epochs: Annotated[
@@ -100,7 +103,15 @@ def train(
     fine_tune_learning_rate: Annotated[
         Optional[float], typer.Option(help="Learning rate after the frozen epochs (default learning rate / 10).")
     ] = None,
-    class_weight: Annotated[Optional[str], typer.Option(help="balanced or none.")] = None,
+    class_weight: Annotated[
+        Optional[str], typer.Option(help="prior (keep the dataset's class shares), balanced or none.")
+    ] = None,
+    augmentation: Annotated[Optional[str], typer.Option(help="domain or basic.")] = None,
+    augment_strength: Annotated[Optional[float], typer.Option(help="Scales the domain augmentation.")] = None,
+    validation_fraction: Annotated[
+        Optional[float], typer.Option(help="Share of the training part kept to fit temperature and threshold.")
+    ] = None,
+    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time views: none, flips or dihedral.")] = None,
     init_model: Annotated[
         Optional[Path], typer.Option(help="Model folder to start from (fine-tuning); same architecture and size.")
     ] = None,
@@ -122,6 +133,7 @@ def train(
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seed,
+        "split_seed": split_seed,
         "learning_rate": learning_rate,
         "freeze_backbone_epochs": freeze_backbone_epochs,
         "fine_tune_learning_rate": fine_tune_learning_rate,
@@ -130,6 +142,10 @@ def train(
         "init_model": None if init_model is None else str(init_model),
         "extra_data": None if extra_data is None else str(extra_data),
         "extra_repeat": extra_repeat,
+        "augmentation": augmentation,
+        "augment_strength": augment_strength,
+        "validation_fraction": validation_fraction,
+        "test_time_augmentation": tta,
     }
     try:
         from smearflow.training.architectures import get_architecture
@@ -149,33 +165,39 @@ def train_default(
         "../shared/data/pbc"
     ),
     fields: Annotated[
-        Optional[Path], typer.Option(help="Whole-field images whose white-cell crops fine-tune the base.")
+        Optional[Path], typer.Option(help="Whole-field images whose white-cell crops are mixed into training.")
     ] = Path("../shared/data/bccd/images"),
     field_labels: Annotated[
         Optional[Path], typer.Option(help="CSV with image and kaggle_wbc_category columns.")
     ] = Path("../shared/data/bccd/counts.csv"),
-    no_fields: Annotated[bool, typer.Option("--no-fields", help="Train the base only.")] = False,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the stages (base/, field-crops/, model/).")] = Path(
+    no_fields: Annotated[bool, typer.Option("--no-fields", help="Train on the class-folder dataset alone.")] = False,
+    seed: Annotated[
+        Optional[int], typer.Option(help="Training seed (weights, augmentation, order); the splits keep theirs.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the stages (field-crops/, model/).")] = Path(
         "runs/default"
     ),
 ):
-    """Train the default model as the packaged one was made: base, field crops, fine-tuning.
+    """Train the default model as the packaged one was made: field crops mixed into one training run.
 
-    The final model folder is OUT/model (OUT/base with --no-fields).
+    The model folder is OUT/model. The test and validation splits are those of the packaged
+    model (split seed 20261125) whatever --seed is.
     """
     from smearflow.errors import SmearflowError
-    from smearflow.training.recipe import FINE_TUNE_OVERRIDES, train_default_model
+    from smearflow.training.recipe import train_default_model
     from smearflow.training.train import TrainConfig
 
     if no_fields:
         fields = field_labels = None
-    total = TrainConfig().epochs + (0 if fields is None else FINE_TUNE_OVERRIDES["epochs"])
+    config = TrainConfig()
+    if seed is not None:
+        config = TrainConfig(seed=seed, split_seed=config.splits_seed)
     try:
         folder = _with_epoch_progress(
             "training the default model",
-            total,
+            config.total_epochs(),
             lambda report: train_default_model(
-                data, out, field_images=fields, field_labels=field_labels, on_epoch_end=report
+                data, out, field_images=fields, field_labels=field_labels, config=config, on_epoch_end=report
             ),
         )
     except (SmearflowError, ValueError, FileNotFoundError) as error:
@@ -466,11 +488,16 @@ def evaluate_classifier(
     split: Annotated[
         Optional[str], typer.Option(help="Score only this list of the model's splits.json (e.g. test).")
     ] = None,
+    plots: Annotated[
+        Optional[Path], typer.Option("--plots", help="Write confusion_matrix.png and reliability.png here.")
+    ] = None,
 ):
     """Score a classifier model folder on a class-folder dataset.
 
-    Data folders that are not model classes and unreadable images are skipped and reported;
-    model classes without a folder are reported and left out of the macro averages.
+    Prints per-class figures, the confusion matrix and the expected calibration error (15 bins)
+    of the calibrated probabilities. Data folders that are not model classes and unreadable
+    images are skipped and reported; model classes without a folder are reported and left out
+    of the macro averages.
     """
     from smearflow.classifier.classifier import Classifier
     from smearflow.errors import SmearflowError
@@ -482,6 +509,10 @@ def evaluate_classifier(
         result = evaluate(classifier, data, batch_size=batch_size, only=only)
     except (SmearflowError, ValueError) as error:
         _fail(error)
+    if split is not None:
+        result["split"] = split
+    if plots is not None:
+        result["plots"] = write_evaluation_plots(result, plots, f"{result['model_version']} on {Path(data).name}")
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -501,18 +532,24 @@ def _split_names(model_dir: Path, split: str) -> list[str]:
     return names
 
 
-def _print_evaluation(result: dict) -> None:
+def write_evaluation_plots(result: dict, folder: Path, title: str) -> list[str]:
+    """``confusion_matrix.png`` and, when ``result`` has calibration bins, ``reliability.png`` in ``folder``."""
+    from smearflow.training.reports import plot_confusion_matrix, plot_reliability
+
+    written = [plot_confusion_matrix(result["confusion_matrix"], result["classes"], folder / "confusion_matrix.png", title)]
+    if result.get("calibration"):
+        written.append(plot_reliability(result["calibration"], folder / "reliability.png", title))
+    return [str(path) for path in written]
+
+
+def per_class_table(title: str, per_class: dict):
+    """A rich table of precision, recall, F1 and support per class (figures in %)."""
     from rich.table import Table
 
-    console = stdout_console()
-    table = Table(
-        title=f"{result['model_version']} on {result['dataset']}: {result['images']} images, "
-        f"accuracy {100 * result['accuracy']:.2f}%, macro-F1 {100 * result['macro_f1']:.2f}%",
-        title_justify="left",
-    )
+    table = Table(title=title, title_justify="left")
     for column in ("class", "precision", "recall", "F1", "images"):
         table.add_column(column, justify="left" if column == "class" else "right")
-    for name, figures in result["per_class"].items():
+    for name, figures in per_class.items():
         table.add_row(
             name,
             f"{100 * figures['precision']:.1f}",
@@ -520,7 +557,42 @@ def _print_evaluation(result: dict) -> None:
             f"{100 * figures['f1']:.1f}",
             str(figures["support"]),
         )
-    console.print(table)
+    return table
+
+
+def confusion_table(title: str, matrix, row_classes, column_classes=None):
+    """A rich table of a confusion matrix: rows true classes, columns predicted ones."""
+    from rich.table import Table
+
+    column_classes = row_classes if column_classes is None else column_classes
+    table = Table(title=title, title_justify="left")
+    table.add_column("true \\ predicted")
+    for name in column_classes:
+        table.add_column(name[:5], justify="right")
+    for name, row in zip(row_classes, matrix):
+        table.add_row(name, *(str(int(n)) if n else "·" for n in row))
+    return table
+
+
+def _print_evaluation(result: dict) -> None:
+    console = stdout_console()
+    title = (
+        f"{result['model_version']} on {result['dataset']}: {result['images']} images, "
+        f"accuracy {100 * result['accuracy']:.2f}%, macro-F1 {100 * result['macro_f1']:.2f}%"
+    )
+    console.print(per_class_table(title, result["per_class"]))
+    console.print(confusion_table("confusion matrix", result["confusion_matrix"], result["classes"]))
+    calibration, confidence = result["calibration"], result["confidence"]
+    kept = "-" if confidence["accuracy_kept"] is None else f"{100 * confidence['accuracy_kept']:.2f}%"
+    console.print(
+        f"ECE ({calibration['n_bins']} bins) {calibration['ece']:.4f} at temperature {confidence['temperature']:.3f}"
+        f" (test-time views: {confidence['test_time_augmentation']}); "
+        f"threshold {confidence['confidence_threshold']:.2f} keeps {100 * confidence['coverage']:.1f}% "
+        f"of images at {kept} accuracy, {confidence['uncertain']} uncertain",
+        highlight=False,
+    )
+    for path in result.get("plots", ()):
+        console.print(f"wrote {path}", highlight=False)
     skipped = result["skipped"]
     if skipped["unreadable_images"]:
         console.print(f"skipped {skipped['unreadable_images']} unreadable image(s)")

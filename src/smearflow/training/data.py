@@ -214,31 +214,6 @@ made a measurable train/test gap (see ``TrainConfig.recalibrate_bn_images``).
 """
 
 
-def augment(image: np.ndarray, rng: np.random.Generator, out_size_px: int | None = None) -> np.ndarray:
-    """Random flip, rotation, small zoom/shift and colour jitter of one uint8 image.
-
-    The warp runs at the size of ``image``; the result is then shrunk to
-    ``out_size_px`` with :func:`~smearflow.classifier.preprocessing.resize_rgb`
-    (default: keep the size).
-    """
-    import cv2
-
-    from smearflow.classifier.preprocessing import resize_rgb
-
-    size = image.shape[0]
-    if rng.random() < 0.5:
-        image = image[:, ::-1]
-    angle = rng.uniform(0, 360)
-    scale = rng.uniform(0.9, 1.1)
-    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
-    matrix[:, 2] += rng.uniform(-0.06, 0.06, size=2) * size
-    image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), borderMode=cv2.BORDER_REFLECT_101)
-    image = resize_rgb(image, out_size_px or size)
-    gain = rng.uniform(0.9, 1.1, size=3) * rng.uniform(0.9, 1.1)
-    offset = rng.uniform(-12, 12, size=3)
-    return np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
-
-
 def batches(
     dataset: ImageDataset,
     size_px: int,
@@ -249,8 +224,13 @@ def batches(
     num_classes: int | None = None,
     cache: bool = False,
     decoded: dict | None = None,
+    augmentation: str = "domain",
+    augment_strength: float = 1.0,
 ):
     """A Keras ``PyDataset`` over ``dataset`` (shuffled and augmented when training).
+
+    Training images go through :func:`smearflow.training.augment.augment`
+    with ``augmentation`` (the recipe) and ``augment_strength``.
 
     With ``cache`` the resized ``uint8`` images are kept after their first
     decode so later epochs skip JPEG decoding; augmentation still runs fresh.
@@ -272,6 +252,8 @@ def batches(
     """
     import keras
 
+    from smearflow.training.augment import augment
+
     if decoded is None:
         decoded = {}
         keep = cache
@@ -289,7 +271,7 @@ def batches(
         return image
 
     def augmented(image, rng):
-        return augment(image, rng, out_size_px=size_px)
+        return augment(image, rng, out_size_px=size_px, recipe=augmentation, strength=augment_strength)
 
     class _ClassFolderBatches(keras.utils.PyDataset):
         def __init__(self):

@@ -48,7 +48,10 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64, 
         :func:`~smearflow.training.metrics.classification_metrics`
         (``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1``,
         ``per_class``, ``confusion_matrix``, ``classes``, ``images`` …), plus
-        ``skipped`` (``unreadable_images``, ``unreadable_files``,
+        ``calibration`` (ECE over 15 bins and the reliability table, of the
+        calibrated probabilities), ``confidence`` (the model's temperature,
+        threshold and test-time views, and the coverage and accuracy of the
+        images at or above the threshold), ``skipped`` (``unreadable_images``, ``unreadable_files``,
         ``data_classes_not_in_model``, ``model_classes_without_data``),
         ``dataset`` and ``model_version``.
 
@@ -62,7 +65,7 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64, 
         When ``batch_size`` < 1.
     """
     from smearflow.imageio import is_image_file
-    from smearflow.training.metrics import classification_metrics
+    from smearflow.training.metrics import classification_metrics, expected_calibration_error
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
@@ -101,9 +104,10 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64, 
             probabilities.append(classifier.predict_proba(np.stack(images), batch_size=batch_size))
     if not labels:
         raise BadDatasetError(f"{root}: none of the {len(dataset)} images can be read")
-    metrics = classification_metrics(
-        np.asarray(labels), np.concatenate(probabilities), model_classes, average_over=to_model
-    )
+    labels, probabilities = np.asarray(labels), np.concatenate(probabilities)
+    metrics = classification_metrics(labels, probabilities, model_classes, average_over=to_model)
+    metrics["calibration"] = expected_calibration_error(labels, probabilities)
+    metrics["confidence"] = confidence_summary(classifier, labels, probabilities)
     metrics["skipped"] = {
         "unreadable_images": len(unreadable),
         "unreadable_files": unreadable,
@@ -115,6 +119,30 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64, 
     metrics["dataset"] = str(root)
     metrics["model_version"] = classifier.version
     return metrics
+
+
+def confidence_summary(classifier, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """The classifier's calibration settings and what its threshold keeps of these images.
+
+    Returns
+    -------
+    dict
+        ``temperature``, ``confidence_threshold``, ``test_time_augmentation``,
+        ``coverage`` (share of images at or above the threshold),
+        ``accuracy_kept`` (their accuracy; None when none is kept) and
+        ``uncertain`` (images below).
+    """
+    from smearflow.classifier.calibration import threshold_table
+
+    row = threshold_table(labels, probabilities, [classifier.confidence_threshold])[0]
+    return {
+        "temperature": float(classifier.temperature),
+        "confidence_threshold": float(classifier.confidence_threshold),
+        "test_time_augmentation": classifier.test_time_augmentation,
+        "coverage": row["coverage"],
+        "accuracy_kept": row["accuracy"],
+        "uncertain": row["uncertain"],
+    }
 
 
 def _keep_named(dataset, names) -> tuple:

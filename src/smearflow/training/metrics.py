@@ -64,3 +64,74 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes, *, a
     else:
         result["roc_auc_macro_ovr"] = None
     return result
+
+
+ECE_BINS = 15
+"""Equal-width confidence bins of the expected calibration error (Guo et al. 2017)."""
+
+
+def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = ECE_BINS) -> dict:
+    """Expected calibration error of the top-class confidence, with the reliability table.
+
+    The top probability of each image falls in one of ``n_bins`` equal-width
+    bins of (0, 1]; ECE is the image-weighted mean of ``|accuracy - mean
+    confidence|`` over the bins.
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n,), int
+    y_prob : ndarray of shape (n, n_classes), float
+    n_bins : int
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``ece``, ``max_gap`` (largest bin gap), ``n_bins`` and
+        ``bins`` (one row per non-empty bin: ``lower``, ``upper``,
+        ``images``, ``confidence``, ``accuracy``).
+
+    Raises
+    ------
+    ValueError
+        When ``n_bins`` < 1, there is no image, or the shapes disagree.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1. Received: n_bins={n_bins}")
+    if y_prob.ndim != 2 or len(y_prob) == 0 or len(y_prob) != len(y_true):
+        raise ValueError(
+            "y_prob must have shape (n, n_classes) with n >= 1 and one label per row. "
+            f"Received: y_prob shape={y_prob.shape}, y_true shape={y_true.shape}"
+        )
+    confidence = y_prob.max(axis=1)
+    correct = y_prob.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # Bin k holds (edges[k], edges[k+1]]; a confidence of exactly 0 joins the first bin.
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    bins, ece, max_gap = [], 0.0, 0.0
+    for k in range(n_bins):
+        members = index == k
+        if not members.any():
+            continue
+        accuracy, mean_confidence = float(correct[members].mean()), float(confidence[members].mean())
+        gap = abs(accuracy - mean_confidence)
+        ece += gap * members.sum() / len(y_true)
+        max_gap = max(max_gap, gap)
+        bins.append(
+            {
+                "lower": float(edges[k]),
+                "upper": float(edges[k + 1]),
+                "images": int(members.sum()),
+                "confidence": mean_confidence,
+                "accuracy": accuracy,
+            }
+        )
+    return {"ece": float(ece), "max_gap": float(max_gap), "n_bins": n_bins, "bins": bins}
+
+
+def negative_log_likelihood(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Mean ``-log p(true class)`` (probabilities clipped at 1e-12)."""
+    y_true = np.asarray(y_true, dtype=int)
+    y_prob = np.asarray(y_prob, dtype=float)
+    return float(-np.mean(np.log(np.clip(y_prob[np.arange(len(y_true)), y_true], 1e-12, 1.0))))

@@ -86,6 +86,52 @@ def plot_confusion_matrix(matrix, classes, path: str | Path, title: str) -> Path
     return _save(figure, path)
 
 
+def plot_reliability(calibration: dict, path: str | Path, title: str) -> Path:
+    """Save a reliability diagram: accuracy against mean confidence per bin, with the diagonal.
+
+    Parameters
+    ----------
+    calibration : dict
+        From :func:`smearflow.training.metrics.expected_calibration_error`
+        (``bins``, ``n_bins``, ``ece``).
+    path : str or Path
+        The PNG to write.
+    title : str
+
+    Raises
+    ------
+    ValueError
+        When ``calibration`` has no ``bins`` list.
+    """
+    bins = calibration.get("bins") if isinstance(calibration, dict) else None
+    if not isinstance(bins, list):
+        raise ValueError(f"calibration must hold a list of bins. Received keys: {sorted(calibration or {})}")
+    figure = _figure(5.0, 5.0)
+    axes = figure.add_subplot()
+    width = 1.0 / calibration.get("n_bins", 15)
+    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    axes.bar(centres, [b["accuracy"] for b in bins], width=width * 0.95, color="#4c72b0", label="accuracy")
+    axes.bar(
+        centres,
+        [b["confidence"] - b["accuracy"] for b in bins],
+        bottom=[b["accuracy"] for b in bins],
+        width=width * 0.95,
+        color="#dd8452",
+        alpha=0.5,
+        label="gap to mean confidence",
+    )
+    for centre, b in zip(centres, bins):
+        axes.text(centre, 0.02, str(b["images"]), ha="center", va="bottom", fontsize=6, rotation=90, color="white")
+    axes.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle="--", label="perfect calibration")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("confidence (top probability)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"{title}\nECE ({calibration.get('n_bins', 15)} bins) = {calibration.get('ece', float('nan')):.4f}", fontsize=9)
+    axes.legend(loc="upper left", fontsize=8)
+    return _save(figure, path)
+
+
 def plot_training_curves(histories: dict[str, list[dict]], path: str | Path, title: str) -> Path:
     """Save loss and accuracy per epoch, one line per run, as a PNG.
 

@@ -23,6 +23,10 @@ from smearflow.training.data import (
 logger = logging.getLogger(__name__)
 
 
+CLASS_WEIGHTS = ("prior", "balanced", "none")
+"""Accepted values of ``TrainConfig.class_weight``."""
+
+
 @dataclass(frozen=True)
 class TrainConfig(SerialisableConfig):
     """Everything that decides a training run; saved as the model's ``config.json``.
@@ -70,16 +74,41 @@ class TrainConfig(SerialisableConfig):
     extra_repeat : int
         Each extra image is seen this many times per epoch (differently
         augmented), so that a few hundred crops weigh against thousands.
+    seed : int
+        Seeds the weights, the augmentation and the batch order, and the
+        splits unless ``split_seed`` is given.
+    split_seed : int, optional
+        Seeds the test and validation splits (default ``seed``): training
+        seeds vary while the test split stays the same images.
+    class_weight : {"prior", "balanced", "none"}
+        ``"prior"``: each class's total weight in the loss is its share of
+        the main dataset, so extra images (another microscope's crops, mostly
+        neutrophils) add appearance without shifting the class priors the
+        model learns; without extra data this is ``"none"``. ``"balanced"``:
+        every class weighs the same (scikit-learn's weights). ``"none"``: the
+        images' own shares.
+    augmentation : {"domain", "basic"}
+        Recipe of :func:`smearflow.training.augment.augment`.
+    augment_strength : float
+        Scales the photometric ranges of the ``"domain"`` recipe.
+    validation_fraction : float
+        Share of the training part (stratified, same seed) kept out of
+        training to fit the temperature and the confidence threshold
+        (0: none; the temperature stays 1).
+    test_time_augmentation : str
+        Views averaged at inference (see
+        :data:`smearflow.classifier.calibration.TTA_VIEWS`); stored in the
+        model folder's ``calibration.json``.
     """
 
     architecture: str = "cnn"
     image_size: int = 64
-    epochs: int = 28
+    epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
-    class_weight: str = "balanced"
+    class_weight: str = "prior"
     test_fraction: float = 0.15
     seed: int = 20261125
     arch_params: dict[str, Any] = field(default_factory=dict)
@@ -92,15 +121,38 @@ class TrainConfig(SerialisableConfig):
     recalibrate_bn_images: int = 2048
     init_model: str | None = None
     extra_data: str | None = None
-    extra_repeat: int = 1
+    extra_repeat: int = 8
+    split_seed: int | None = None
+    augmentation: str = "domain"
+    augment_strength: float = 0.5
+    validation_fraction: float = 0.1
+    test_time_augmentation: str = "none"
 
     def __post_init__(self):
+        from smearflow.classifier.calibration import TTA_VIEWS
+        from smearflow.training.augment import AUGMENTATIONS
+
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1. Received: epochs={self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1. Received: batch_size={self.batch_size}")
-        if self.class_weight not in ("balanced", "none"):
-            raise ValueError(f"class_weight must be 'balanced' or 'none'. Received: class_weight={self.class_weight!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ValueError(f"class_weight must be one of {list(CLASS_WEIGHTS)}. Received: class_weight={self.class_weight!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(
+                f"augmentation must be one of {list(AUGMENTATIONS)}. Received: augmentation={self.augmentation!r}"
+            )
+        if self.augment_strength < 0:
+            raise ValueError(f"augment_strength must be >= 0. Received: augment_strength={self.augment_strength}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in [0, 1). Received: validation_fraction={self.validation_fraction}"
+            )
+        if self.test_time_augmentation not in TTA_VIEWS:
+            raise ValueError(
+                f"test_time_augmentation must be one of {list(TTA_VIEWS)}. "
+                f"Received: test_time_augmentation={self.test_time_augmentation!r}"
+            )
         if self.freeze_backbone_epochs < 0:
             raise ValueError(
                 f"freeze_backbone_epochs must be >= 0. Received: freeze_backbone_epochs={self.freeze_backbone_epochs}"
@@ -128,6 +180,11 @@ class TrainConfig(SerialisableConfig):
         if not isinstance(self.weights, dict):
             raise ValueError(f"weights must be a dict of name to path. Received: weights={self.weights!r}")
 
+    @property
+    def splits_seed(self) -> int:
+        """The seed of the test and validation splits."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     def total_epochs(self) -> int:
         """Epochs over all training stages (the contrastive stage included)."""
         from smearflow.training.architectures import get_architecture
@@ -143,6 +200,54 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     if np.any(counts == 0):
         raise ValueError(f"every class needs at least one training image. Received counts: {counts.tolist()}")
     return {i: float(len(labels) / (num_classes * counts[i])) for i in range(num_classes)}
+
+
+def class_weights(
+    mode: str, labels: np.ndarray, num_classes: int, prior_labels: np.ndarray | None = None
+) -> dict[int, float] | None:
+    """Per-class loss weights for ``TrainConfig.class_weight``.
+
+    Parameters
+    ----------
+    mode : {"prior", "balanced", "none"}
+    labels : ndarray of shape (n,), int
+        Labels of every training image (extra images included).
+    num_classes : int
+    prior_labels : ndarray of shape (m,), int, optional
+        Labels of the main dataset, whose class shares ``"prior"`` keeps
+        (default ``labels``: no weighting).
+
+    Returns
+    -------
+    dict of int to float, or None
+        None for ``"none"``, and for ``"prior"`` when the shares are already
+        those of ``prior_labels``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown mode, or a class with no image in ``labels`` (or in
+        ``prior_labels`` for ``"prior"``).
+    """
+    if mode not in CLASS_WEIGHTS:
+        raise ValueError(f"mode must be one of {list(CLASS_WEIGHTS)}. Received: mode={mode!r}")
+    if mode == "none":
+        return None
+    if mode == "balanced":
+        return balanced_class_weights(labels, num_classes)
+    if prior_labels is None or len(prior_labels) == len(labels):
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    prior_counts = np.bincount(prior_labels, minlength=num_classes).astype(float)
+    if np.any(counts == 0) or np.any(prior_counts == 0):
+        raise ValueError(
+            "every class needs at least one training image. "
+            f"Received counts: {counts.tolist()}, main dataset counts: {prior_counts.tolist()}"
+        )
+    # Weight (main share / actual share): the weighted shares equal the main dataset's.
+    shares = counts / counts.sum()
+    prior_shares = prior_counts / prior_counts.sum()
+    return {i: float(prior_shares[i] / shares[i]) for i in range(num_classes)}
 
 
 def compile_for_training(
@@ -186,6 +291,27 @@ def predict_dataset(
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
+def predict_with_classifier(classifier, dataset: ImageDataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``classifier.predict_proba`` (temperature and test-time views included) over every readable image.
+
+    Returns
+    -------
+    probabilities : ndarray of shape (n, n_classes), float32
+    labels : ndarray of shape (n,), int
+        Unreadable images are skipped (logged).
+    """
+    probabilities, labels = [], []
+    sequence = batches(dataset, classifier.image_size, batch_size, training=False)
+    for index in range(len(sequence)):
+        x, y = sequence[index]
+        if len(x):
+            probabilities.append(classifier.predict_proba(x.astype(np.uint8), batch_size=batch_size))
+            labels.append(y)
+    if not probabilities:
+        return np.zeros((0, len(classifier.classes)), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
 class HistoryRecorder:
     """Collects the per-epoch logs of every training stage; ``rows`` is JSON-ready."""
 
@@ -222,6 +348,7 @@ def fit_classifier(
     callbacks: list | tuple = (),
     history: HistoryRecorder | None = None,
     decoded: dict | None = None,
+    prior_labels: np.ndarray | None = None,
 ) -> dict:
     """Train ``model`` in place on ``train_set`` following the schedule of ``config``.
 
@@ -248,6 +375,9 @@ def fit_classifier(
         Receives each epoch's logs with the stage's name.
     decoded : dict, optional
         Shared cache of resized images (see :func:`~smearflow.training.data.batches`).
+    prior_labels : ndarray, optional
+        Labels of the main dataset when ``train_set`` also holds extra
+        images (see :func:`class_weights`).
 
     Returns
     -------
@@ -295,8 +425,10 @@ def fit_classifier(
         num_classes=num_classes,
         cache=True,
         decoded=decoded,
+        augmentation=config.augmentation,
+        augment_strength=config.augment_strength,
     )
-    class_weight = balanced_class_weights(train_set.labels, num_classes) if config.class_weight == "balanced" else None
+    class_weight = class_weights(config.class_weight, train_set.labels, num_classes, prior_labels)
 
     def fit(epochs, initial_epoch):
         model.fit(
@@ -396,7 +528,15 @@ def _fit_contrastive_encoder(model, config: TrainConfig, train_set, callbacks, d
     epochs = config.contrastive_epochs or config.epochs
     projector = projection_model(model, config.projection_dim)
     contrastive_batches = batches(
-        train_set, config.image_size, config.batch_size, training=True, seed=config.seed, cache=True, decoded=decoded
+        train_set,
+        config.image_size,
+        config.batch_size,
+        training=True,
+        seed=config.seed,
+        cache=True,
+        decoded=decoded,
+        augmentation=config.augmentation,
+        augment_strength=config.augment_strength,
     )
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(1, epochs * len(contrastive_batches))
@@ -492,14 +632,23 @@ def extra_training_images(config: TrainConfig, classes: tuple[str, ...]) -> Imag
     return extra.subset(np.repeat(np.arange(len(extra)), config.extra_repeat))
 
 
-def write_splits(out_dir: Path, config: TrainConfig, train_set: ImageDataset, test_set: ImageDataset, extra) -> None:
-    """Record which images trained and tested the model, for anyone to check for leaks."""
+def write_splits(
+    out_dir: Path,
+    config: TrainConfig,
+    train_set: ImageDataset,
+    test_set: ImageDataset,
+    extra,
+    validation_set: ImageDataset | None = None,
+) -> None:
+    """Record which images trained, validated and tested the model, for anyone to check for leaks."""
     splits = {
-        "seed": config.seed,
+        "seed": config.splits_seed,
         "classes": list(train_set.classes),
         "train": _relative_names(train_set),
         "test": _relative_names(test_set),
     }
+    if validation_set is not None:
+        splits["validation"] = _relative_names(validation_set)
     if extra is not None:
         splits["extra_data"] = str(config.extra_data)
         splits["extra"] = sorted(set(_relative_names(extra)))
@@ -509,6 +658,108 @@ def write_splits(out_dir: Path, config: TrainConfig, train_set: ImageDataset, te
         # Only what this run's lists lack, so the record stays small when the split is the same.
         splits["earlier_train"] = None if earlier is None else sorted(earlier - set(splits["train"]))
     (out_dir / "splits.json").write_text(json.dumps(splits))
+
+
+def split_dataset(dataset: ImageDataset, config: TrainConfig) -> tuple[ImageDataset, ImageDataset | None, ImageDataset]:
+    """``(train, validation, test)``: the stratified test split, then the validation split carved from the rest.
+
+    The test split depends only on ``config.test_fraction`` and the split seed
+    (the same images whatever the validation fraction); validation is None
+    when ``config.validation_fraction`` is 0 and holds at least one image of
+    each class otherwise.
+
+    Raises
+    ------
+    ValueError
+        When the training part is too small to hold out one image per class.
+    """
+    seed = config.splits_seed
+    train_idx, test_idx = stratified_holdout(dataset.labels, config.test_fraction, seed)
+    train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)
+    if config.validation_fraction == 0:
+        return train_set, None, test_set
+    # At least one image of each class, so that a tiny dataset still splits stratified.
+    n_classes = len(np.unique(train_set.labels))
+    if np.bincount(train_set.labels).max(initial=0) < 2:
+        raise ValueError(
+            f"the training part ({len(train_set)} images) has no class with two images: nothing to hold out for "
+            f"validation. Received: validation_fraction={config.validation_fraction}"
+        )
+    fraction = max(config.validation_fraction, n_classes / max(len(train_set), 1))
+    fit_idx, validation_idx = stratified_holdout(train_set.labels, fraction, seed)
+    return train_set.subset(fit_idx), train_set.subset(validation_idx), test_set
+
+
+TTA_COMPARED = ("none", "flips")
+"""Test-time views whose validation accuracy and time every training run records."""
+
+THRESHOLD_TARGET_ACCURACY = 0.995
+"""The recommended confidence threshold is the lowest at which the validation cells kept reach this accuracy."""
+
+
+def in_memory_classifier(model, config: TrainConfig, classes, calibration: dict | None = None):
+    """A :class:`~smearflow.classifier.Classifier` around a model still in memory (before its folder is written)."""
+    from smearflow.classifier.classifier import Classifier
+    from smearflow.classifier.model_folder import ModelFolder
+
+    folder = ModelFolder(Path("."), {"architecture": config.architecture, "image_size": config.image_size}, classes, {})
+    return Classifier(model, folder, calibration=calibration or {})
+
+
+def calibrate(model, config: TrainConfig, validation_set: ImageDataset | None) -> tuple[dict, dict]:
+    """Fit the temperature and recommend a confidence threshold on the validation split.
+
+    Returns
+    -------
+    calibration : dict
+        For ``calibration.json`` (see :mod:`smearflow.classifier.calibration`).
+    figures : dict
+        Validation figures for ``metrics.json``: accuracy, negative
+        log-likelihood and ECE before and after the temperature, and the
+        coverage/accuracy table of the thresholds.
+    """
+    from smearflow.classifier.calibration import (
+        apply_temperature,
+        fit_temperature,
+        recommend_threshold,
+        threshold_table,
+    )
+    from smearflow.training.metrics import expected_calibration_error, negative_log_likelihood
+
+    if validation_set is None or len(validation_set) == 0:
+        return {"temperature": 1.0, "test_time_augmentation": config.test_time_augmentation, "fitted_on": None}, {}
+    views = {}
+    for mode in dict.fromkeys([config.test_time_augmentation, *TTA_COMPARED]):
+        untempered = in_memory_classifier(model, config, validation_set.classes, {"test_time_augmentation": mode})
+        started = time.perf_counter()
+        views[mode] = (*predict_with_classifier(untempered, validation_set), time.perf_counter() - started)
+    probabilities, labels, _ = views[config.test_time_augmentation]
+    temperature = fit_temperature(probabilities, labels)
+    tempered = apply_temperature(probabilities, temperature)
+    table = threshold_table(labels, tempered)
+    threshold = recommend_threshold(table, THRESHOLD_TARGET_ACCURACY)
+    calibration = {
+        "temperature": round(temperature, 4),
+        "confidence_threshold": threshold,
+        "test_time_augmentation": config.test_time_augmentation,
+        "fitted_on": f"validation split ({len(labels)} images, {config.validation_fraction:.0%} of the training part)",
+        "threshold_rule": f"lowest threshold whose kept validation cells are >= {THRESHOLD_TARGET_ACCURACY:.1%} correct",
+    }
+    figures = {
+        "images": int(len(labels)),
+        "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
+        "nll_before": negative_log_likelihood(labels, probabilities),
+        "nll_after": negative_log_likelihood(labels, tempered),
+        "ece_before": expected_calibration_error(labels, probabilities)["ece"],
+        "ece_after": expected_calibration_error(labels, tempered)["ece"],
+        "thresholds": table,
+        # Whether test-time views pay for themselves: accuracy and time of each on the validation split.
+        "test_time_augmentation": {
+            mode: {"accuracy": float(np.mean(p.argmax(axis=1) == y)), "seconds": round(seconds, 2)}
+            for mode, (p, y, seconds) in views.items()
+        },
+    }
+    return calibration, figures
 
 
 def train_classifier(
@@ -534,32 +785,38 @@ def train_classifier(
 
     from smearflow.classifier.model_folder import write_model_folder
     from smearflow.training.benchmark import machine_description
-    from smearflow.training.metrics import classification_metrics
+    from smearflow.training.metrics import classification_metrics, expected_calibration_error
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     dataset = scan_class_folders(data_dir)
     num_classes = len(dataset.classes)
-    train_idx, test_idx = stratified_holdout(dataset.labels, config.test_fraction, config.seed)
-    train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)
+    train_set, validation_set, test_set = split_dataset(dataset, config)
     model = initial_model(config, dataset.classes, test_set)
     extra = extra_training_images(config, dataset.classes)
-    write_splits(out_dir, config, train_set, test_set, extra)
+    write_splits(out_dir, config, train_set, test_set, extra, validation_set)
     fit_set = train_set if extra is None else concatenate_datasets(train_set, extra)
     history = HistoryRecorder()
     callbacks = []
     if on_epoch_end is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch_end(epoch, logs)))
     started = time.perf_counter()
-    fitted = fit_classifier(model, config, fit_set, num_classes, callbacks=callbacks, history=history)
+    fitted = fit_classifier(
+        model, config, fit_set, num_classes, callbacks=callbacks, history=history, prior_labels=train_set.labels
+    )
     train_seconds = time.perf_counter() - started
     history.write_csv(out_dir / "history.csv")
-    probabilities, labels = predict_dataset(model, test_set, config.image_size)
+    calibration, validation_figures = calibrate(model, config, validation_set)
+    calibrated = in_memory_classifier(model, config, dataset.classes, calibration)
+    probabilities, labels = predict_with_classifier(calibrated, test_set)
     metrics = classification_metrics(labels, probabilities, dataset.classes)
+    metrics["calibration"] = expected_calibration_error(labels, probabilities)
     metrics.update(
         {
-            "split": f"stratified {config.test_fraction:.0%} test split of {Path(data_dir).name}, seed {config.seed}",
+            "split": f"stratified {config.test_fraction:.0%} test split of {Path(data_dir).name}, "
+            f"seed {config.splits_seed}",
+            "validation": validation_figures,
             "train_images": len(train_set),
             "extra_train_images": 0 if extra is None else len(extra) // config.extra_repeat,
             "test_images": len(test_set),
@@ -572,4 +829,6 @@ def train_classifier(
     if fitted["weights_loaded"]:
         metrics["weights_loaded"] = fitted["weights_loaded"]
     model_config = config.to_dict() | {"classes": list(dataset.classes), "keras_version": keras.__version__}
-    return write_model_folder(out_dir, model, config=model_config, classes=dataset.classes, metrics=metrics)
+    return write_model_folder(
+        out_dir, model, config=model_config, classes=dataset.classes, metrics=metrics, calibration=calibration
+    )
