@@ -65,3 +65,13 @@ def redis_url():
     finally:
         client.close()
     return REDIS_TEST_URL
+
+
+@pytest.fixture
+def any_db_factory(migrated_database_url):
+    """A session factory on SQLite and (marked integration) on a fresh PostgreSQL schema."""
+    from smearflow.db import make_engine, session_factory
+
+    engine = make_engine(migrated_database_url)
+    yield session_factory(engine)
+    engine.dispose()

@@ -109,6 +109,7 @@ class Lab:
         self.inbox.mkdir(parents=True)
         self.broker_url = broker_url
         self.queue = f"test-{self.run_id}-slides"
+        self.training_queue = f"test-{self.run_id}-training"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SMEARFLOW_")}
         self.env.update(
             BASE_ENV,
@@ -128,11 +129,12 @@ class Lab:
         self.services.append(service)
         return service.start()
 
-    def worker(self, name="worker", field_delay_s: float = 0.0, **extra_env) -> Service:
-        """A prefork worker of concurrency 1 on this lab's slides queue; slower fields when asked."""
-        program = [sys.executable, SLOW_WORKER] if field_delay_s else [sys.executable, "-m", "celery", "-A", "smearflow.worker"]
+    def worker(self, name="worker", field_delay_s: float = 0.0, queue: str | None = None, **extra_env) -> Service:
+        """A prefork worker of concurrency 1 on this lab's slides queue (or ``queue``); slower when asked."""
+        slow = field_delay_s or extra_env.get("TEST_TRAIN_DELAY_S")
+        program = [sys.executable, SLOW_WORKER] if slow else [sys.executable, "-m", "celery", "-A", "smearflow.worker"]
         argv = [
-            *program, "worker", "--pool=prefork", "-c", "1", "-Q", self.queue, "-n", f"{name}-{self.run_id}@%h",
+            *program, "worker", "--pool=prefork", "-c", "1", "-Q", queue or self.queue, "-n", f"{name}-{self.run_id}@%h",
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]
         return self._start(name, argv, {"TEST_FIELD_DELAY_S": str(field_delay_s), **extra_env})
@@ -180,24 +182,39 @@ class Lab:
         logs = "\n\n".join(f"--- {s.name}\n{s.log()[-6000:]}" for s in self.services)
         pytest.fail(f"timed out waiting for {codes} to be {statuses}: { {c: self.slide(c) for c in codes} }\n{logs}")
 
-    def queue_length(self) -> int:
+    def queue_length(self, queue: str | None = None) -> int:
         import redis
 
         client = redis.Redis.from_url(self.broker_url)
         try:
-            return int(client.llen(self.queue))
+            return int(client.llen(queue or self.queue))
         finally:
             client.close()
 
     def send(self, code, **kwargs):
+        self.send_task("smearflow.analyze_slide", args=[code], kwargs=kwargs, queue=self.queue)
+
+    def send_task(self, name: str, **options) -> str:
+        """Send a task by name; returns its id."""
+        app = self.celery_app()
+        try:
+            return app.send_task(name, **options).id
+        finally:
+            app.close()
+
+    def task_state(self, task_id: str) -> str:
+        """The task's state in the result backend (``FAILURE``, ``SUCCESS`` …)."""
+        app = self.celery_app()
+        try:
+            return app.AsyncResult(task_id).state
+        finally:
+            app.close()
+
+    def celery_app(self):
         from smearflow.worker.app import make_celery_app
         from smearflow.worker.settings import WorkerSettings
 
-        app = make_celery_app(WorkerSettings.from_env(self.env))
-        try:
-            app.send_task("smearflow.analyze_slide", args=[code], kwargs=kwargs, queue=self.queue)
-        finally:
-            app.close()
+        return make_celery_app(WorkerSettings.from_env(self.env))
 
     def close(self) -> None:
         for service in self.services:

@@ -1,9 +1,10 @@
-"""A real Celery worker whose every field takes a little longer: the fault tests' way to be "mid-slide".
+"""A real Celery worker whose fields and trainings take longer: the fault tests' way to be "mid-slide".
 
-The delay is injected here, in the tests, by wrapping the pipeline's
-``analyze_field``; the product has no such setting. Run as
-``python tests/worker/slow_worker.py worker ...`` with ``TEST_FIELD_DELAY_S``
-set (seconds per field); prefork pool processes inherit the wrapper.
+The delays are injected here, in the tests, by wrapping the pipeline's
+``analyze_field`` and ``train_classifier``; the product has no such setting.
+Run as ``python tests/worker/slow_worker.py worker ...`` with
+``TEST_FIELD_DELAY_S`` (seconds per field) and ``TEST_TRAIN_DELAY_S``
+(seconds before each training) set; prefork pool processes inherit the wrappers.
 """
 
 import os
@@ -22,6 +23,18 @@ def _slow_analyze_field(*args, **kwargs):
 
 
 pipeline.analyze_field = _slow_analyze_field
+
+_TRAIN_DELAY_S = float(os.environ.get("TEST_TRAIN_DELAY_S", "0"))
+if _TRAIN_DELAY_S:
+    from smearflow.training import train as _train
+
+    _train_classifier = _train.train_classifier
+
+    def _slow_train_classifier(*args, **kwargs):
+        time.sleep(_TRAIN_DELAY_S)
+        return _train_classifier(*args, **kwargs)
+
+    _train.train_classifier = _slow_train_classifier
 
 if __name__ == "__main__":
     from smearflow.worker.app import app

@@ -123,7 +123,28 @@ def test_models_register_list_activate(run, tiny_model_dir):
     assert run("models", "activate", listed[0]["name"]).exit_code == 0
 
 
+def test_activations_are_recorded_with_who_when_and_why_and_history_lists_them(run, tiny_model_dir, monkeypatch):
+    import getpass
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "tech-9")
+    assert "no retraining, benchmark or activation" in run("models", "history").output
+    run("models", "register", str(tiny_model_dir), "--activate", "--reason", "validated on our fields")
+    back = run("models", "activate", "--packaged", "--reason", "rollback after drift")
+    assert back.exit_code == 0, back.output
+    rows = json.loads(run("models", "history", "--json").stdout)
+    assert [(r["kind"], r["actor"], r["reason"]) for r in rows] == [
+        ("activation", "tech-9", "rollback after drift"), ("activation", "tech-9", "validated on our fields")
+    ]
+    assert rows[0]["baseline_model"] == rows[1]["model"]  # what the rollback replaced
+    listed = {r["name"]: r for r in json.loads(run("models", "list", "--json").stdout)}
+    assert listed[rows[0]["model"]]["active"] and len(listed) == 2
+    assert "rollback after drift" in run("models", "history").output
+    assert run("models", "activate").exit_code == 2  # neither a name nor --packaged
+    assert run("models", "activate", rows[0]["model"], "--packaged").exit_code == 2
+
+
 def test_models_errors(run, tmp_path):
+    assert run("db", "upgrade").exit_code == 0
     assert "no model versions registered" in run("models", "list").output
     unknown = run("models", "activate", "cnn-nope")
     assert unknown.exit_code == 1 and "No model version is registered" in unknown.output

@@ -151,7 +151,6 @@ def test_redis_restarted_empty_with_slides_queued_loses_none(tmp_path, own_redis
         wait_until(lambda: any(lab.slide(code)["status"] == "done" for code in expected), 120, "a first slide done")
         own_redis.stop()
         own_redis.start()  # same port, every queue gone
-        assert lab.queue_length() == 0
         waiting = [code for code in expected if lab.slide(code)["status"] == "queued"]
         assert waiting, "the restart came too late to lose any message"
         slides = _assert_done_once_with_unchanged_counts(lab, expected, timeout_s=180)

@@ -1,4 +1,4 @@
-"""Nightly retraining: the activation decision, the recorded runs, and one real tiny training."""
+"""Nightly retraining: the decision, the fair gate, bounded attempts, history, retention, one real training."""
 
 import json
 from datetime import UTC, datetime
@@ -7,18 +7,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from smearflow.db import repository, session_scope
-from smearflow.db.models import BenchmarkRun, TrainingRun
-from smearflow.errors import BadDatasetError, BadModelError
+from smearflow.db import repository, runs, session_scope
+from smearflow.db.models import ModelActivation, TrainingRun
+from smearflow.errors import BadModelError
 from smearflow.worker.nightly import (
+    RetrainingFailed,
+    RetrainSettings,
     decide_activation,
     evaluate_model_folder,
-    load_benchmark_function,
-    run_rebenchmark,
+    images_seen_by,
+    register_model_folder,
     run_retraining,
 )
 from worker_testdata import write_colour_classes
-
 
 # --------------------------------------------------------------------------- the decision
 
@@ -60,18 +61,20 @@ def test_decide_activation_rejects_bad_input(candidate, active, margin, message)
 # --------------------------------------------------------------------------- retraining with stubs
 
 
-def _stub_model_folder(path, accuracy):
-    """A model folder the registry accepts (read_model_folder) without Keras."""
+def _stub_model_folder(path, accuracy, seen=None):
+    """A model folder the registry accepts (read_model_folder) without Keras; ``seen`` goes to splits.json."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "model.keras").write_bytes(f"weights {path.name}".encode())
     (path / "config.json").write_text(json.dumps({"architecture": "cnn", "image_size": 32}))
-    (path / "classes.json").write_text(json.dumps(["a", "b"]))
+    (path / "classes.json").write_text(json.dumps(["a", "b", "c"]))
     (path / "metrics.json").write_text(json.dumps({"accuracy": accuracy}))
+    if seen is not None:
+        (path / "splits.json").write_text(json.dumps({"train": sorted(seen), "test": []}))
     return path
 
 
 class StubTraining:
-    """train(data_dir, out_dir, config) that writes a stub model folder; evaluate() from a table."""
+    """train() writes a stub candidate that saw every non-test image; evaluate() scores from a table."""
 
     def __init__(self, scores):
         self.scores = scores  # folder name or "candidate" -> macro_f1
@@ -80,34 +83,48 @@ class StubTraining:
 
     def train(self, data_dir, out_dir, config):
         from smearflow.classifier.model_folder import read_model_folder
+        from smearflow.training.data import scan_class_folders
 
-        self.trained.append((Path(data_dir), Path(out_dir), config))
-        return read_model_folder(_stub_model_folder(Path(out_dir), 0.5))
+        test = set(Path(config.test_images).read_text().split())
+        dataset = scan_class_folders(data_dir)
+        names = {Path(p).relative_to(dataset.root).as_posix() for p in dataset.paths}
+        self.trained.append((Path(out_dir), config, test))
+        return read_model_folder(_stub_model_folder(Path(out_dir), 0.5, seen=names - test))
 
-    def evaluate(self, model_dir, data_dir, test_fraction, seed):
-        self.evaluated.append((Path(model_dir).name, test_fraction, seed))
-        key = "candidate" if Path(model_dir).name.startswith("cnn-") else Path(model_dir).name
-        score = self.scores[key]
+    def evaluate(self, model_dir, data_dir, images):
+        name = Path(model_dir).name
+        self.evaluated.append((name, sorted(images)))
+        if name == self.trained[-1][0].name:  # tonight's candidate; it keeps this score as a later baseline
+            self.scores[name] = self.scores["candidate"]
+        score = self.scores[name]
         if isinstance(score, Exception):
             raise score
-        return {"accuracy": score, "macro_f1": score, "per_class": {"a": {"f1": score}}, "confusion_matrix": [[1]]}
+        return {"accuracy": score, "macro_f1": score, "eval_images": len(images), "confusion_matrix": [[1]]}
 
 
-def _retrain(factory, tmp_path, stub, **kwargs):
+def _settings(tmp_path, **changes):
     data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    defaults = dict(
-        data_dir=data, models_dir=tmp_path / "models", train_config={"epochs": 1, "seed": 7, "test_fraction": 0.2},
-        margin=0.02, train=stub.train, evaluate=stub.evaluate, default_model_dir=lambda: None,
-        now=lambda: datetime(2026, 11, 26, 2, 30, tzinfo=UTC),
+    if not data.exists():
+        write_colour_classes(data, per_class=10)
+    values = dict(
+        data_dir=str(data), models_dir=str(tmp_path / "models"),
+        train_config={"epochs": 1, "seed": 7, "test_fraction": 0.2}, margin=0.02,
     )
-    return run_retraining(factory, **{**defaults, **kwargs})
+    return RetrainSettings(**{**values, **changes})
+
+
+def _retrain(factory, tmp_path, stub, night=26, **changes):
+    return run_retraining(
+        factory, _settings(tmp_path, **changes), train=stub.train, evaluate=stub.evaluate,
+        default_model_dir=lambda: None, now=lambda: datetime(2026, 11, night, 2, 30, tzinfo=UTC),
+    )
 
 
 def _runs(factory):
     with session_scope(factory) as session:
         return [
-            (run.outcome, run.candidate_model_version.name if run.candidate_model_version else None, run.error, run.metrics)
+            (run.outcome, run.candidate_model_version.name if run.candidate_model_version else None, run.error,
+             run.candidate_figure, run.baseline_figure, run.reason)
             for run in session.scalars(select(TrainingRun).order_by(TrainingRun.id))
         ]
 
@@ -118,201 +135,241 @@ def _active(factory):
         return None if active is None else active.name
 
 
-def _activate_stub_baseline(factory, tmp_path, name="baseline"):
-    from smearflow.worker.nightly import register_model_folder
-
+def _activate_stub_baseline(factory, tmp_path, name="baseline", seen=()):
     with session_scope(factory) as session:
-        version = register_model_folder(session, _stub_model_folder(tmp_path / name, 0.7))
-        repository.activate_model_version(session, version.name)
+        version = register_model_folder(session, _stub_model_folder(tmp_path / name, 0.7, seen=seen))
+        runs.activate(session, version.name, actor="tech-1", reason="installed")
         return version.name
 
 
-def test_with_no_model_to_beat_the_candidate_is_activated(tmp_path, db_factory):
-    stub = StubTraining({"candidate": 0.6})
+def test_with_no_model_to_beat_the_candidate_is_activated_and_the_activation_recorded(tmp_path, db_factory):
+    stub = StubTraining({"candidate": 0.8})
     outcome = _retrain(db_factory, tmp_path, stub)
-    assert outcome.outcome == "activated" and outcome.baseline is None
-    assert stub.trained[0][1] == tmp_path / "models" / "cnn-20261126T023000Z"
-    assert stub.evaluated == [("cnn-20261126T023000Z", 0.2, 7)]  # the training split's seed and fraction
+    assert (outcome.outcome, outcome.baseline, outcome.gate_version) == ("activated", None, 1)
     assert _active(db_factory) == outcome.candidate
-    ((kind, candidate, error, metrics),) = _runs(db_factory)
-    assert (kind, candidate, error) == ("activated", outcome.candidate, None)
-    assert metrics["candidate"]["macro_f1"] == 0.6 and metrics["margin"] == 0.02
-
-
-def test_a_candidate_that_wins_by_the_margin_replaces_the_active_model(tmp_path, db_factory):
-    baseline = _activate_stub_baseline(db_factory, tmp_path)
-    stub = StubTraining({"candidate": 0.75, "baseline": 0.70})
-    outcome = _retrain(db_factory, tmp_path, stub)
-    assert (outcome.outcome, outcome.baseline) == ("activated", baseline)
-    assert {name for name, _, _ in stub.evaluated} == {"cnn-20261126T023000Z", "baseline"}
-    assert _active(db_factory) == outcome.candidate
-    assert outcome.to_dict()["baseline_metrics"] == {"accuracy": 0.70, "macro_f1": 0.70}
-
-
-def test_a_candidate_within_the_margin_is_registered_but_not_activated(tmp_path, db_factory):
-    baseline = _activate_stub_baseline(db_factory, tmp_path)
-    outcome = _retrain(db_factory, tmp_path, StubTraining({"candidate": 0.71, "baseline": 0.70}))
-    assert outcome.outcome == "kept-active"
-    assert _active(db_factory) == baseline
+    ((result, candidate, error, figure, baseline_figure, reason),) = _runs(db_factory)
+    assert (result, candidate, error, figure, baseline_figure) == ("activated", outcome.candidate, None, 0.8, None)
+    assert "no model to beat" in reason and "gate v1" in reason
     with session_scope(db_factory) as session:
-        assert outcome.candidate in {v.name for v in repository.list_model_versions(session)}
-    assert _runs(db_factory)[0][:2] == ("kept-active", outcome.candidate)
+        (activation,) = session.scalars(select(ModelActivation)).all()
+        assert (activation.actor, activation.automatic, activation.reason) == ("nightly retraining", True, reason)
 
 
-def test_the_environment_model_is_the_baseline_when_set(tmp_path, db_factory):
-    pinned = _stub_model_folder(tmp_path / "pinned", 0.9)
-    outcome = _retrain(db_factory, tmp_path, StubTraining({"candidate": 0.5, "pinned": 0.8}), env_model_dir=pinned)
-    assert (outcome.outcome, outcome.baseline) == ("kept-active", str(pinned))
-
-
-def test_the_packaged_model_is_the_baseline_when_nothing_is_active(tmp_path, db_factory):
-    packaged = _stub_model_folder(tmp_path / "packaged", 0.9)
-    outcome = _retrain(db_factory, tmp_path, StubTraining({"candidate": 0.95, "packaged": 0.8}), default_model_dir=lambda: packaged)
-    assert (outcome.outcome, outcome.baseline) == ("activated", str(packaged))
-
-
-def test_a_baseline_that_cannot_be_evaluated_is_kept(tmp_path, db_factory):
+def test_a_candidate_must_win_by_the_margin_on_the_same_gate(tmp_path, db_factory):
     baseline = _activate_stub_baseline(db_factory, tmp_path)
-    stub = StubTraining({"candidate": 0.99, "baseline": BadModelError("classes differ")})
-    outcome = _retrain(db_factory, tmp_path, stub)
-    assert outcome.outcome == "kept-active" and "could not be evaluated" in outcome.error
-    assert _active(db_factory) == baseline
-    assert "classes differ" in _runs(db_factory)[0][2]
+    stub = StubTraining({"candidate": 0.71, "baseline": 0.7})
+    kept = _retrain(db_factory, tmp_path, stub)
+    assert (kept.outcome, kept.baseline, _active(db_factory)) == ("kept-active", baseline, baseline)
+    assert "0.7100 does not beat 0.7000 + margin 0.02" in kept.reason
+    (candidate_images, baseline_images) = [images for _, images in stub.evaluated]
+    assert candidate_images == baseline_images  # both judged on the gate
+    stub.scores["candidate"] = 0.9
+    won = _retrain(db_factory, tmp_path, stub, night=27)
+    assert won.outcome == "activated" and _active(db_factory) == won.candidate
+    assert [run[0] for run in _runs(db_factory)] == ["kept-active", "activated"]
 
 
-def test_no_dataset_is_a_recorded_failure(tmp_path, db_factory):
-    outcome = _retrain(db_factory, tmp_path, StubTraining({}), data_dir=None)
-    assert outcome.outcome == "failed" and "SMEARFLOW_TRAIN_DATA" in outcome.error
-    outcome = _retrain(db_factory, tmp_path, StubTraining({}), data_dir=tmp_path / "nowhere")
-    assert "does not exist" in outcome.error
-    assert [run[0] for run in _runs(db_factory)] == ["failed", "failed"]
+def test_the_gate_avoids_what_the_baseline_saw_and_no_candidate_ever_trains_on_it(tmp_path, db_factory):
+    seen = {f"a/a_{i}.png" for i in range(6)} | {f"b/b_{i}.png" for i in range(6)}
+    _activate_stub_baseline(db_factory, tmp_path, seen=seen)
+    stub = StubTraining({"candidate": 0.6, "baseline": 0.7})
+    _retrain(db_factory, tmp_path, stub)
+    with session_scope(db_factory) as session:
+        gate = runs.current_gate_split(session)
+        gate_images, version = set(gate.images), gate.version
+    assert gate_images and not gate_images & seen
+    (_, _, test_images), = stub.trained
+    assert test_images == gate_images  # the candidate's test split is the gate
 
 
-def test_a_bad_dataset_is_a_recorded_failure(tmp_path, db_factory):
-    stub = StubTraining({})
-    stub.train = lambda data_dir, out_dir, config: (_ for _ in ()).throw(BadDatasetError("no class folders found"))
-    outcome = _retrain(db_factory, tmp_path, stub)
-    assert outcome.outcome == "failed" and outcome.error == "BadDatasetError: no class folders found"
-    assert _runs(db_factory)[0][:3] == ("failed", None, "BadDatasetError: no class folders found")
+def test_a_growing_dataset_keeps_the_gate_and_the_baselines_figure(tmp_path, db_factory):
+    stub = StubTraining({"candidate": 0.6})
+    first = _retrain(db_factory, tmp_path, stub)
+    write_colour_classes(tmp_path / "data", per_class=16, seed=1)  # the dataset grows: new images
+    second = _retrain(db_factory, tmp_path, stub, night=27)
+    assert second.gate_version == first.gate_version == 1
+    first_gate = stub.evaluated[0][1]
+    assert stub.evaluated[-1][1] == first_gate  # the baseline is judged on the very same images
+    (_, _, test_images) = stub.trained[-1]
+    assert sorted(test_images) == first_gate
 
 
-def test_an_unexpected_error_is_recorded_then_raised(tmp_path, db_factory):
-    stub = StubTraining({})
-    stub.train = lambda data_dir, out_dir, config: (_ for _ in ()).throw(MemoryError("out of GPU memory"))
-    with pytest.raises(MemoryError):
+def test_a_gate_the_baseline_saw_is_replaced_and_the_run_says_so(tmp_path, any_db_factory):
+    stub = StubTraining({"candidate": 0.6, "baseline": 0.7})
+    _retrain(any_db_factory, tmp_path, stub)
+    with session_scope(any_db_factory) as session:
+        old = set(runs.current_gate_split(session).images)
+    _activate_stub_baseline(any_db_factory, tmp_path, seen=old)  # a model trained on the gate by someone
+    outcome = _retrain(any_db_factory, tmp_path, stub, night=27)
+    assert outcome.gate_version == 2
+    assert "new gate split v2: the baseline trained or validated on" in outcome.reason
+    with session_scope(any_db_factory) as session:
+        new = runs.current_gate_split(session)
+        assert not set(new.images) & old and "trained or validated on" in new.reason
+
+
+def test_a_baseline_without_splits_json_is_judged_with_a_warning(tmp_path, db_factory):
+    _activate_stub_baseline(db_factory, tmp_path, seen=None)
+    outcome = _retrain(db_factory, tmp_path, StubTraining({"candidate": 0.6, "baseline": 0.7}))
+    assert "the baseline has no splits.json" in outcome.reason
+
+
+def test_a_candidate_that_saw_a_gate_image_is_refused(tmp_path, db_factory):
+    stub = StubTraining({"candidate": 0.9})
+    train = stub.train
+
+    def leaky_train(data_dir, out_dir, config):
+        folder = train(data_dir, out_dir, config)
+        splits = json.loads((folder.path / "splits.json").read_text())
+        splits["train"] += sorted(Path(config.test_images).read_text().split())[:1]
+        (folder.path / "splits.json").write_text(json.dumps(splits))
+        return folder
+
+    stub.train = leaky_train
+    with pytest.raises(RetrainingFailed, match="the candidate trained on 1 images of gate v1"):
         _retrain(db_factory, tmp_path, stub)
-    assert _runs(db_factory)[0][:3] == ("failed", None, "MemoryError: out of GPU memory")
+    assert _runs(db_factory)[0][0] == "failed"
 
 
-def test_a_bad_train_config_is_rejected_before_training(tmp_path, db_factory):
-    with pytest.raises(ValueError, match="TrainConfig has no field"):
-        _retrain(db_factory, tmp_path, StubTraining({}), train_config={"epoch": 1})
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"data_dir": None}, "no training dataset is configured"),
+        ({"data_dir": "/nowhere/data"}, "the training dataset /nowhere/data does not exist"),
+    ],
+)
+def test_no_or_missing_dataset_is_a_recorded_failed_task(tmp_path, db_factory, changes, message):
+    with pytest.raises(RetrainingFailed, match=message):
+        _retrain(db_factory, tmp_path, StubTraining({}), **changes)
+    ((outcome, _, error, *_),) = _runs(db_factory)
+    assert outcome == "failed" and message in error
 
 
-@pytest.mark.slow
-def test_nightly_retraining_really_trains_and_then_keeps_an_equal_model(tmp_path, db_factory):
+def test_a_class_with_one_image_is_named(tmp_path, db_factory):
+    data = write_colour_classes(tmp_path / "data", classes=("a", "b"), per_class=5)
+    for extra in list((data / "b").iterdir())[1:]:
+        extra.unlink()
+    with pytest.raises(RetrainingFailed, match=r"every class needs at least 2 images; too few in 'b' \(1 image\)"):
+        _retrain(db_factory, tmp_path, StubTraining({}))
+
+
+def test_a_failed_run_removes_its_candidate_folder_and_an_unexpected_error_is_raised(tmp_path, db_factory):
+    def crash(data_dir, out_dir, config):
+        (Path(out_dir) / "half-written.keras").write_bytes(b"x")
+        raise RuntimeError("nan loss")
+
+    with pytest.raises(RuntimeError, match="nan loss"):
+        run_retraining(db_factory, _settings(tmp_path), train=crash, default_model_dir=lambda: None)
+    assert _runs(db_factory)[0][:3] == ("failed", None, "RuntimeError: nan loss")
+    assert [p for p in (tmp_path / "models").iterdir() if p.is_dir()] == []
+
+
+def test_the_time_limit_is_stated(tmp_path, db_factory):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def too_slow(data_dir, out_dir, config):
+        raise SoftTimeLimitExceeded()
+
+    with pytest.raises(RetrainingFailed, match="SMEARFLOW_TRAINING_TIME_LIMIT_S=600 s"):
+        run_retraining(db_factory, _settings(tmp_path, time_limit_s=600), train=too_slow, default_model_dir=lambda: None)
+
+
+def test_a_task_delivered_again_after_its_process_died_is_bounded(tmp_path, any_db_factory):
+    settings = _settings(tmp_path, max_attempts=2)
+    calls = []
+
+    def dies(data_dir, out_dir, config):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "partial").write_text("x")
+        calls.append(out_dir)
+        raise KeyboardInterrupt  # stands in for SIGKILL: nothing after it runs
+
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            run_retraining(any_db_factory, settings, task_id="t-1", train=dies, default_model_dir=lambda: None)
+    assert calls[0] == calls[1]  # the same run, the same candidate folder
+    with pytest.raises(RetrainingFailed, match="started 2 times and its process died each time"):
+        run_retraining(any_db_factory, settings, task_id="t-1", train=dies, default_model_dir=lambda: None)
+    assert len(calls) == 2 and not Path(calls[0]).exists()  # the orphan folder is gone
+    with session_scope(any_db_factory) as session:
+        (run,) = session.scalars(select(TrainingRun)).all()
+        assert (run.outcome, run.attempts) == ("failed", 3)
+    with pytest.raises(RetrainingFailed, match="started 2 times"):  # later deliveries change nothing
+        run_retraining(any_db_factory, settings, task_id="t-1", train=dies, default_model_dir=lambda: None)
+
+
+def test_old_candidates_are_pruned_but_never_the_active_or_packaged_one(tmp_path, db_factory):
+    stub = StubTraining({"candidate": 0.1})
+    names = []
+    for night in (20, 21, 22, 23):
+        stub.scores["candidate"] = 0.1 * (night - 19)  # each night's candidate wins
+        names.append(_retrain(db_factory, tmp_path, stub, night=night, keep_candidates=1, margin=0.0).candidate)
+    with session_scope(db_factory) as session:
+        versions = {v.name: v for v in repository.list_model_versions(session)}
+        kept = [n for n in names if versions[n].pruned_at is None]
+    assert names[-1] == _active(db_factory)
+    # kept: the active one, the one it just replaced (tonight's baseline) and keep_candidates=1 more
+    assert kept == names[1:]
+    assert sum(1 for p in (tmp_path / "models").iterdir() if p.is_dir()) == 3
+    with session_scope(db_factory) as session:
+        with pytest.raises(ValueError, match="its folder was removed by retention"):
+            runs.activate(session, names[0], actor="x", reason="y")
+
+
+def test_the_packaged_model_is_registered_as_the_baseline_so_it_can_be_reactivated(tmp_path, db_factory):
+    packaged = _stub_model_folder(tmp_path / "packaged", 0.6, seen=set())
+    stub = StubTraining({"candidate": 0.9, "packaged": 0.6})
+    outcome = run_retraining(
+        db_factory, _settings(tmp_path), train=stub.train, evaluate=stub.evaluate, default_model_dir=lambda: packaged
+    )
+    assert outcome.outcome == "activated" and outcome.baseline.startswith("cnn-")
+    with session_scope(db_factory) as session:
+        runs.activate(session, outcome.baseline, actor="tech-2", reason="back to the shipped model")
+    assert _active(db_factory) == outcome.baseline
+
+
+def test_images_seen_by_reads_splits_json(tmp_path):
+    folder = _stub_model_folder(tmp_path / "m", 0.5, seen={"a/1.png"})
+    splits = json.loads((folder / "splits.json").read_text())
+    splits.update(validation=["b/2.png"], earlier_train=["c/3.png"])
+    (folder / "splits.json").write_text(json.dumps(splits))
+    assert images_seen_by(folder) == {"a/1.png", "b/2.png", "c/3.png"}
+    assert images_seen_by(tmp_path) is None
+
+
+def test_a_growing_dataset_leaves_the_active_models_real_gate_figure_unchanged(tmp_path, any_db_factory):
     data = write_colour_classes(tmp_path / "data", per_class=10, size_px=32)
-    config = {"image_size": 32, "epochs": 2, "batch_size": 8, "test_fraction": 0.3, "arch_params": {"filters": [4, 8]}}
-    first = run_retraining(
-        db_factory, data_dir=data, models_dir=tmp_path / "models", train_config=config, margin=0.0,
-        default_model_dir=lambda: None, now=lambda: datetime(2026, 11, 26, 2, 30, tzinfo=UTC),
-    )
-    assert first.outcome == "activated"
-    assert first.candidate_metrics["eval_images"] == 9
-    assert first.candidate_metrics["classes"] == ["a", "b", "c"]
-    second = run_retraining(
-        db_factory, data_dir=data, models_dir=tmp_path / "models", train_config=config, margin=0.5,
-        default_model_dir=lambda: None, now=lambda: datetime(2026, 11, 27, 2, 30, tzinfo=UTC),
-    )
-    assert (second.outcome, second.baseline) == ("kept-active", first.candidate)
+    config = {
+        "image_size": 32, "epochs": 2, "batch_size": 8, "test_fraction": 0.3, "arch_params": {"filters": [4, 8]},
+        "validation_fraction": 0.1,
+    }
+    settings = RetrainSettings(data_dir=str(data), models_dir=str(tmp_path / "models"), train_config=config, margin=0.0)
+    first = run_retraining(any_db_factory, settings, default_model_dir=lambda: None,
+                           now=lambda: datetime(2026, 11, 26, 2, 30, tzinfo=UTC))
+    assert first.outcome == "activated" and first.candidate_metrics["eval_images"] == 9
+    write_colour_classes(data, per_class=14, size_px=32, seed=3)  # four new images per class
+    second = run_retraining(any_db_factory, RetrainSettings(**{**settings.__dict__, "margin": 0.5}),
+                            default_model_dir=lambda: None, now=lambda: datetime(2026, 11, 27, 2, 30, tzinfo=UTC))
+    assert (second.outcome, second.baseline, second.gate_version) == ("kept-active", first.candidate, 1)
     assert second.baseline_metrics["eval_images"] == 9
-    assert _active(db_factory) == first.candidate
-    assert [run[0] for run in _runs(db_factory)] == ["activated", "kept-active"]
+    assert second.baseline_metrics["macro_f1"] == pytest.approx(first.candidate_metrics["macro_f1"])
+    assert _active(any_db_factory) == first.candidate
 
 
 def test_evaluating_a_model_with_other_classes_is_refused(tmp_path, tiny_model_dir):
     data = write_colour_classes(tmp_path / "data", per_class=4)
     with pytest.raises(BadModelError, match="are not the dataset's"):
-        evaluate_model_folder(tiny_model_dir, data, 0.25, 0)
+        evaluate_model_folder(tiny_model_dir, data, ["a/a_0.png"])
 
 
-# --------------------------------------------------------------------------- re-benchmark
-
-
-def _benchmark_runs(factory):
-    with session_scope(factory) as session:
-        return [
-            (run.status, run.error, [(r.architecture, r.fold, r.accuracy) for r in run.results])
-            for run in session.scalars(select(BenchmarkRun).order_by(BenchmarkRun.id))
-        ]
-
-
-def test_rebenchmark_records_a_clear_failure_when_the_benchmark_is_unavailable(tmp_path, db_factory):
-    def unavailable():
-        raise __import__("smearflow.errors", fromlist=["PermanentError"]).PermanentError(
-            "smearflow.training.benchmark.run_benchmark is not available (No module named 'x')"
-        )
-
-    result = run_rebenchmark(db_factory, data_dir=tmp_path, out_dir=tmp_path / "bench", load_benchmark=unavailable)
-    assert result["status"] == "failed" and "is not available" in result["error"]
-    assert _benchmark_runs(db_factory)[0][:2] == ("failed", result["error"])
-
-
-def test_rebenchmark_records_the_folds_and_the_test_figures(tmp_path, db_factory):
-    calls = []
-
-    def run_benchmark(data_dir, out_dir, config=None):
-        calls.append((data_dir, out_dir, config))
-        return {
-            "folds": [
-                {"architecture": "cnn", "fold": 0, "variants": {"network": {"validation": {"accuracy": 0.8, "macro_f1": 0.7}}}},
-                {"architecture": "cnn", "fold": "?"},
-            ],
-            "architectures": {"cnn": {"ensemble_test": {"network": {"accuracy": {"mean": 0.85, "std": 0.01}}}}, "odd": 3},
-        }
-
-    result = run_rebenchmark(
-        db_factory, data_dir=tmp_path, out_dir=tmp_path / "bench", load_benchmark=lambda: run_benchmark,
-        now=lambda: datetime(2026, 11, 29, 4, 30, tzinfo=UTC),
-    )
-    assert result == {"status": "done", "run_folder": str(tmp_path / "bench" / "nightly-20261129T043000Z"), "error": None}
-    assert calls == [(tmp_path, tmp_path / "bench" / "nightly-20261129T043000Z", None)]
-    assert _benchmark_runs(db_factory) == [("done", None, [("cnn", 0, 0.8), ("cnn", -1, 0.85)])]
-
-
-def test_rebenchmark_passes_its_configuration(tmp_path, db_factory):
-    seen = []
-    result = run_rebenchmark(
-        db_factory, data_dir=tmp_path, out_dir=tmp_path, benchmark_config={"folds": 3, "architectures": ["cnn"]},
-        load_benchmark=lambda: lambda data_dir, out_dir, config: seen.append(config) or {},
-    )
-    assert result["status"] == "done"
-    assert (seen[0].folds, seen[0].architectures) == (3, ("cnn",))
-
-
-def test_rebenchmark_without_dataset_or_with_a_bad_one_fails_recorded(tmp_path, db_factory):
-    assert run_rebenchmark(db_factory, data_dir=None, out_dir=tmp_path, load_benchmark=lambda: None)["status"] == "failed"
-
-    def bad(data_dir, out_dir):
-        raise ValueError("a class has too few images for the folds")
-
-    result = run_rebenchmark(db_factory, data_dir=tmp_path, out_dir=tmp_path, load_benchmark=lambda: bad)
-    assert result["error"] == "ValueError: a class has too few images for the folds"
-    assert [run[0] for run in _benchmark_runs(db_factory)] == ["failed", "failed"]
-
-
-def test_rebenchmark_records_then_raises_an_unexpected_error(tmp_path, db_factory):
-    def crash(data_dir, out_dir):
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        run_rebenchmark(db_factory, data_dir=tmp_path, out_dir=tmp_path, load_benchmark=lambda: crash)
-    assert _benchmark_runs(db_factory)[0][:2] == ("failed", "RuntimeError: disk full")
-
-
-def test_load_benchmark_function(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "smearflow.training.benchmark", None)  # import fails
-    with pytest.raises(Exception, match="run_benchmark is not available"):
-        load_benchmark_function()
+def test_the_history_lists_runs_and_activations(tmp_path, any_db_factory):
+    _activate_stub_baseline(any_db_factory, tmp_path)
+    _retrain(any_db_factory, tmp_path, StubTraining({"candidate": 0.9, "baseline": 0.7}))
+    with session_scope(any_db_factory) as session:
+        rows = runs.model_history(session)
+    assert [(r["kind"], r["actor"]) for r in rows] == [
+        ("activation", "nightly retraining"), ("retraining", "nightly retraining"), ("activation", "tech-1")
+    ]
+    retraining = rows[1]
+    assert (retraining["candidate"], retraining["baseline"], retraining["outcome"]) == (0.9, 0.7, "activated")
+    assert rows[0]["baseline_model"] == retraining["baseline_model"]  # the activation names what it replaced

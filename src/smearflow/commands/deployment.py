@@ -32,10 +32,11 @@ def register(app: typer.Typer) -> None:
     app.command()(status)
     app.command()(reconcile)
 
-    models_app = typer.Typer(help="Classifier model versions: list, register, activate.", no_args_is_help=True)
+    models_app = typer.Typer(help="Classifier model versions: list, register, activate, history.", no_args_is_help=True)
     models_app.command("list")(models_list)
     models_app.command("register")(models_register)
     models_app.command("activate")(models_activate)
+    models_app.command("history")(models_history)
     app.add_typer(models_app, name="models")
 
     db_app = typer.Typer(help="The results database schema.", no_args_is_help=True)
@@ -349,24 +350,18 @@ def reconcile(database_url: DatabaseUrl = None, as_json: JsonFlag = False):
 
 
 def models_list(database_url: DatabaseUrl = None, as_json: JsonFlag = False):
-    """List the registered model versions; the active one is what the workers use."""
-    from smearflow.db import repository
+    """List the registered model versions; the active one is what the workers use.
+
+    Each version shows the outcome of the retraining that made it (when one did), the
+    figure it was judged on against its baseline, and why; `models history` lists every run.
+    """
+    from smearflow.db import repository, runs
     from smearflow.db.engine import session_scope
 
     _, factory = open_database(database_url, migrate=False)
     with session_scope(factory) as session:
-        rows = [
-            {
-                "name": v.name,
-                "architecture": v.architecture,
-                "active": v.active,
-                "created_at": v.created_at.isoformat() if v.created_at else None,
-                "path": v.path,
-                "accuracy": (v.metrics or {}).get("accuracy"),
-                "macro_f1": (v.metrics or {}).get("macro_f1"),
-            }
-            for v in repository.list_model_versions(session)
-        ]
+        produced = {row["model"]: row for row in runs.model_history(session, limit=0) if row["kind"] == "retraining"}
+        rows = [_version_row(v, produced.get(v.name)) for v in repository.list_model_versions(session)]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -376,17 +371,69 @@ def models_list(database_url: DatabaseUrl = None, as_json: JsonFlag = False):
     from rich.table import Table
 
     table = Table(title="model versions", title_justify="left")
-    for column in ("name", "active", "architecture", "accuracy", "macro-F1", "created", "path"):
+    for column in ("name", "active", "architecture", "accuracy", "macro-F1", "created", "outcome", "vs baseline", "reason", "path"):
         table.add_column(column)
     for row in rows:
+        versus = "" if row["candidate"] is None else f"{_figure(row['candidate'])} vs {_figure(row['baseline'])}"
         table.add_row(
-            row["name"],
-            "*" if row["active"] else "",
-            row["architecture"],
-            _figure(row["accuracy"]),
-            _figure(row["macro_f1"]),
-            row["created_at"] or "",
-            row["path"] or "",
+            row["name"], "*" if row["active"] else "", row["architecture"], _figure(row["accuracy"]),
+            _figure(row["macro_f1"]), row["created_at"] or "", row["outcome"] or "", versus, row["reason"] or "",
+            row["path"] or "(pruned)",
+        )
+    stdout_console().print(table)
+
+
+def _version_row(version, run: dict | None) -> dict:
+    run = run or {}
+    return {
+        "name": version.name,
+        "architecture": version.architecture,
+        "active": version.active,
+        "created_at": version.created_at.isoformat() if version.created_at else None,
+        "path": None if version.pruned_at else version.path,
+        "accuracy": (version.metrics or {}).get("accuracy"),
+        "macro_f1": (version.metrics or {}).get("macro_f1"),
+        "outcome": run.get("outcome"),
+        "metric": run.get("metric"),
+        "candidate": run.get("candidate"),
+        "baseline": run.get("baseline"),
+        "baseline_model": run.get("baseline_model"),
+        "reason": run.get("reason"),
+    }
+
+
+def models_history(
+    database_url: DatabaseUrl = None,
+    as_json: JsonFlag = False,
+    limit: Annotated[int, typer.Option(help="Rows listed, newest first; 0 lists all.")] = 50,
+):
+    """List retraining runs, benchmark runs and activations: when, outcome, figures, reason, who."""
+    from smearflow.db import runs
+    from smearflow.db.engine import session_scope
+
+    _, factory = open_database(database_url, migrate=False)
+    with session_scope(factory) as session:
+        rows = runs.model_history(session, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        stderr_console().print("no retraining, benchmark or activation recorded yet")
+        return
+    from rich.table import Table
+
+    table = Table(title="model history", title_justify="left")
+    for column in ("when", "what", "outcome", "model", "vs baseline", "by", "attempts", "reason"):
+        table.add_column(column)
+    for row in rows:
+        versus = ""
+        if row["candidate"] is not None:
+            versus = f"{row['metric']} {_figure(row['candidate'])} vs {_figure(row['baseline'])} ({row['baseline_model']})"
+        elif row["kind"] == "activation" and row["baseline_model"]:
+            versus = f"replaced {row['baseline_model']}"
+        table.add_row(
+            row["at"] or "", row["kind"], row["outcome"] or "", row["model"] or "", versus, row["actor"] or "",
+            "" if row["attempts"] is None else str(row["attempts"]), row["reason"] or "",
         )
     stdout_console().print(table)
 
@@ -398,10 +445,13 @@ def _figure(value) -> str:
 def models_register(
     path: Annotated[Path, typer.Argument(help="A model folder (model.keras, config.json, classes.json, metrics.json).")],
     activate: Annotated[bool, typer.Option("--activate", help="Also make it the active model.")] = False,
+    reason: Annotated[str, typer.Option(help="Why it is activated (recorded with --activate).")] = "registered and activated by hand",
     database_url: DatabaseUrl = None,
 ):
     """Register a model folder as a model version (named <architecture>-<weights hash>)."""
-    from smearflow.db import repository
+    import getpass
+
+    from smearflow.db import runs
     from smearflow.db.engine import session_scope
     from smearflow.errors import BadModelError
     from smearflow.worker.nightly import register_model_folder
@@ -411,7 +461,7 @@ def models_register(
         with session_scope(factory) as session:
             version = register_model_folder(session, path)
             if activate:
-                repository.activate_model_version(session, version.name)
+                runs.activate(session, version.name, actor=getpass.getuser(), reason=reason)
             name = version.name
     except BadModelError as exc:
         stderr_console().print(f"[red]error:[/red] {exc}", highlight=False)
@@ -420,21 +470,31 @@ def models_register(
 
 
 def models_activate(
-    name: Annotated[str, typer.Argument(help="A model version name from `smearflow models list`.")],
+    name: Annotated[Optional[str], typer.Argument(help="A model version name from `smearflow models list`.")] = None,
+    packaged: Annotated[bool, typer.Option("--packaged", help="Return to the model shipped with smearflow.")] = False,
+    reason: Annotated[str, typer.Option(help="Why (recorded with who and when).")] = "activated by hand",
     database_url: DatabaseUrl = None,
 ):
-    """Make NAME the active model: workers load it for their next slide.
+    """Make NAME (or, with --packaged, the shipped model) the active model: workers load it for their next slide.
 
-    Workers started with SMEARFLOW_MODEL_DIR keep using that folder.
+    The activation is recorded with who, when and why (`smearflow models history`). Workers
+    started with SMEARFLOW_MODEL_DIR keep using that folder.
     """
-    from smearflow.db import repository
-    from smearflow.db.engine import session_scope
+    import getpass
 
+    from smearflow.db import runs
+    from smearflow.db.engine import session_scope
+    from smearflow.worker.nightly import packaged_model_dir, register_model_folder
+
+    if (name is None) == (not packaged):
+        raise typer.BadParameter("give a model version NAME or --packaged, not both")
     _, factory = open_database(database_url)
     try:
         with session_scope(factory) as session:
-            repository.activate_model_version(session, name)
-    except LookupError as exc:
+            if packaged:
+                name = register_model_folder(session, packaged_model_dir()).name
+            runs.activate(session, name, actor=getpass.getuser(), reason=reason)
+    except (LookupError, ValueError) as exc:
         stderr_console().print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(code=1) from None
     stdout_console().print(f"active model: {name}", highlight=False)

@@ -27,7 +27,13 @@ from smearflow.db.models import (
     TrainingRun,
     utc_now,
 )
-from smearflow.db.repository import _check_code, _error_text, _metrics_dict, active_model_version
+from smearflow.db.repository import (
+    _check_code,
+    _error_text,
+    _metrics_dict,
+    activate_model_version,
+    active_model_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -315,8 +321,6 @@ def activate(session: Session, name: str, *, actor: str, reason: str, automatic:
     ValueError
         When its folder was pruned.
     """
-    from smearflow.db.repository import activate_model_version
-
     previous = active_model_version(session)
     version = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
     if version is not None and version.pruned_at is not None:

@@ -80,6 +80,11 @@ class TrainConfig(SerialisableConfig):
     split_seed : int, optional
         Seeds the test and validation splits (default ``seed``): training
         seeds vary while the test split stays the same images.
+    test_images : str, optional
+        A text file listing images of the dataset (``class/file``, one per
+        line) that form the test split instead of a stratified one: never
+        trained or validated on. Nightly retraining passes its gate split
+        this way, so a growing dataset never moves a gate image into training.
     class_weight : {"prior", "balanced", "none"}
         ``"prior"``: each class's total weight in the loss is its share of
         the main dataset, so extra images (another microscope's crops, mostly
@@ -123,6 +128,7 @@ class TrainConfig(SerialisableConfig):
     extra_data: str | None = None
     extra_repeat: int = 8
     split_seed: int | None = None
+    test_images: str | None = None
     augmentation: str = "domain"
     augment_strength: float = 0.5
     validation_fraction: float = 0.1
@@ -660,6 +666,28 @@ def write_splits(
     (out_dir / "splits.json").write_text(json.dumps(splits))
 
 
+def listed_holdout(dataset: ImageDataset, list_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` indices: the test split is the images ``list_path`` names (``class/file`` per line).
+
+    Listed images the dataset no longer holds are ignored.
+
+    Raises
+    ------
+    BadDatasetError
+        When the list cannot be read or names none of the dataset's images.
+    """
+    from smearflow.errors import BadDatasetError
+
+    try:
+        listed = {line.strip() for line in Path(list_path).read_text(encoding="utf-8").splitlines() if line.strip()}
+    except OSError as error:
+        raise BadDatasetError(f"{list_path}: the test image list cannot be read ({error.strerror})") from None
+    in_test = np.array([name in listed for name in _relative_names(dataset)], dtype=bool)
+    if not in_test.any():
+        raise BadDatasetError(f"{list_path}: names none of the {len(dataset)} images of {dataset.root}")
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test)
+
+
 def split_dataset(dataset: ImageDataset, config: TrainConfig) -> tuple[ImageDataset, ImageDataset | None, ImageDataset]:
     """``(train, validation, test)``: the stratified test split, then the validation split carved from the rest.
 
@@ -674,7 +702,10 @@ def split_dataset(dataset: ImageDataset, config: TrainConfig) -> tuple[ImageData
         When the training part is too small to hold out one image per class.
     """
     seed = config.splits_seed
-    train_idx, test_idx = stratified_holdout(dataset.labels, config.test_fraction, seed)
+    if config.test_images is not None:
+        train_idx, test_idx = listed_holdout(dataset, config.test_images)
+    else:
+        train_idx, test_idx = stratified_holdout(dataset.labels, config.test_fraction, seed)
     train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)
     if config.validation_fraction == 0:
         return train_set, None, test_set

@@ -1,22 +1,32 @@
-"""Nightly retraining and re-benchmarking, as plain functions the beat tasks call.
+"""Nightly retraining, as a plain function the beat task calls.
 
-Retraining trains a candidate on the configured class-folder dataset, then
-evaluates the candidate and the model the workers use now (the *baseline*:
+A retraining run trains a candidate on the configured class-folder dataset,
+scores it and the model the workers use now (the *baseline*:
 ``SMEARFLOW_MODEL_DIR``, else the active model version, else the packaged
-model) on one fixed evaluation split: the stratified test split of the
-training config (its ``test_fraction`` and ``seed``), which the candidate
-never saw. The candidate is activated only when :func:`decide_activation`
-says it wins by the configured margin; a baseline that cannot be evaluated
-on the dataset (other classes) is kept and the candidate only registered,
-for a person to decide. Every run is recorded with
-``record_training_run`` whatever the outcome.
+model) on the **gate split**, and activates the candidate only when
+:func:`decide_activation` says it wins by the configured margin.
+
+The gate is fair to both models. It is a fixed, versioned list of images in
+the database (``gate_splits``): chosen once among the images the baseline
+never saw (its ``splits.json``), handed to every retraining as its test split
+(``TrainConfig.test_images``) so that no candidate trains or validates on it,
+and kept as the dataset grows. A new version is made, and the run says why,
+only when the gate can no longer be used: its images left the dataset, or
+the model to judge saw some of them. The baseline's figure on an unchanged
+gate therefore never moves.
+
+Every run is recorded when it starts and again when it ends
+(:mod:`smearflow.db.runs`); a run whose process keeps dying is given up after
+``max_attempts`` deliveries, its candidate folder removed, and a failed run
+is raised as a failed task (Celery's FAILURE, visible in Flower).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -24,6 +34,13 @@ from typing import Any, Callable, Mapping
 from smearflow.errors import BadModelError, PermanentError
 
 logger = logging.getLogger(__name__)
+
+NIGHTLY_ACTOR = "nightly retraining"
+"""Who a model activated by retraining is recorded as activated by."""
+
+
+class RetrainingFailed(PermanentError):
+    """A retraining run ended failed; it is recorded, and the task ends as a failure."""
 
 
 def decide_activation(
@@ -37,7 +54,7 @@ def decide_activation(
     Parameters
     ----------
     candidate_metrics : dict
-        The candidate's figures on the evaluation split.
+        The candidate's figures on the gate split.
     active_metrics : dict or None
         The active model's figures on the same split; ``None`` when there is
         no model to compare with (the candidate then wins).
@@ -73,19 +90,14 @@ def decide_activation(
     return candidate > score(active_metrics, "active_metrics") + margin
 
 
-def evaluate_model_folder(model_dir: str | Path, data_dir: str | Path, test_fraction: float, seed: int) -> dict[str, Any]:
-    """A model folder's figures on the fixed evaluation split of a class-folder dataset.
-
-    The split is :func:`smearflow.training.data.stratified_holdout` of the
-    dataset's classes in sorted order, exactly as ``train_classifier`` splits
-    it, so with the training config's ``test_fraction`` and ``seed`` it is
-    the candidate's untouched test split.
+def evaluate_model_folder(model_dir: str | Path, data_dir: str | Path, images: list[str]) -> dict[str, Any]:
+    """A model folder's figures on some images (``class/file``) of a class-folder dataset.
 
     Returns
     -------
     dict
         :func:`smearflow.training.metrics.classification_metrics`, plus
-        ``eval_images`` and ``eval_split``.
+        ``eval_images``.
 
     Raises
     ------
@@ -95,9 +107,9 @@ def evaluate_model_folder(model_dir: str | Path, data_dir: str | Path, test_frac
     import numpy as np
 
     from smearflow.classifier.classifier import Classifier
-    from smearflow.training.data import scan_class_folders, stratified_holdout
+    from smearflow.training.data import scan_class_folders
     from smearflow.training.metrics import classification_metrics
-    from smearflow.training.train import predict_dataset
+    from smearflow.training.train import predict_with_classifier
 
     dataset = scan_class_folders(data_dir)
     classifier = Classifier.load(model_dir)
@@ -105,13 +117,55 @@ def evaluate_model_folder(model_dir: str | Path, data_dir: str | Path, test_frac
         raise BadModelError(
             f"{model_dir}: the model's classes {list(classifier.classes)} are not the dataset's {list(dataset.classes)}"
         )
-    _, test_idx = stratified_holdout(dataset.labels, test_fraction, seed)
-    test_set = dataset.subset(test_idx)
-    probabilities, labels = predict_dataset(classifier.model, test_set, classifier.image_size)
+    wanted = set(images)
+    names = [Path(p).relative_to(dataset.root).as_posix() for p in dataset.paths]
+    gate_set = dataset.subset([i for i, name in enumerate(names) if name in wanted])
+    probabilities, labels = predict_with_classifier(classifier, gate_set)
     order = [list(classifier.classes).index(name) for name in dataset.classes]
     metrics = classification_metrics(labels, np.asarray(probabilities)[:, order], dataset.classes)
-    metrics.update({"eval_images": len(test_set), "eval_split": f"stratified {test_fraction:.0%}, seed {seed}"})
+    metrics["eval_images"] = len(gate_set)
     return metrics
+
+
+def images_seen_by(model_dir: str | Path) -> set[str] | None:
+    """Images (``class/file``) that trained or validated a model, from its ``splits.json``; None when unknown."""
+    import json
+
+    path = Path(model_dir) / "splits.json"
+    if not path.is_file():
+        return None
+    splits = json.loads(path.read_text())
+    return {name for key in ("train", "earlier_train", "validation") for name in (splits.get(key) or ())}
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """What a retraining run needs to know (from :class:`~smearflow.worker.settings.WorkerSettings`)."""
+
+    data_dir: str | None
+    models_dir: str
+    train_config: dict[str, Any] = field(default_factory=dict)
+    margin: float = 0.01
+    metric: str = "macro_f1"
+    env_model_dir: str | None = None
+    max_attempts: int = 3
+    keep_candidates: int = 5
+    time_limit_s: float | None = None
+
+    @classmethod
+    def of(cls, settings) -> "RetrainSettings":
+        """From a :class:`~smearflow.worker.settings.WorkerSettings`."""
+        return cls(
+            data_dir=settings.train_data,
+            models_dir=settings.models_dir,
+            train_config=dict(settings.train_config),
+            margin=settings.retrain_margin,
+            metric=settings.retrain_metric,
+            env_model_dir=settings.model_dir,
+            max_attempts=settings.max_training_attempts,
+            keep_candidates=settings.keep_candidates,
+            time_limit_s=settings.training_time_limit_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -120,13 +174,14 @@ class RetrainOutcome:
 
     Attributes
     ----------
-    outcome : {"activated", "kept-active", "failed"}
-    candidate : str or None
-        The candidate's model version name.
-    baseline : str or None
-        What it was compared with (a version name or a folder).
+    outcome : {"activated", "kept-active"}
+    candidate, baseline : str or None
+        Model version names (the baseline may be a folder).
     candidate_metrics, baseline_metrics : dict or None
-    error : str or None
+        Both models' figures on the gate split.
+    reason : str
+        Why the candidate was or was not activated, in words.
+    gate_version : int or None
     """
 
     outcome: str
@@ -134,18 +189,20 @@ class RetrainOutcome:
     baseline: str | None = None
     candidate_metrics: dict[str, Any] | None = None
     baseline_metrics: dict[str, Any] | None = None
-    error: str | None = None
+    reason: str = ""
+    gate_version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A short JSON-ready summary (the task's return value)."""
-        keys = ("accuracy", "macro_f1")
+        keys = ("accuracy", "macro_f1", "eval_images")
         return {
             "outcome": self.outcome,
             "candidate": self.candidate,
             "baseline": self.baseline,
             "candidate_metrics": {k: (self.candidate_metrics or {}).get(k) for k in keys},
-            "baseline_metrics": {k: (self.baseline_metrics or {}).get(k) for k in keys} if self.baseline_metrics else None,
-            "error": self.error,
+            "baseline_metrics": {k: self.baseline_metrics.get(k) for k in keys} if self.baseline_metrics else None,
+            "reason": self.reason,
+            "gate_version": self.gate_version,
         }
 
 
@@ -171,18 +228,6 @@ def resolve_model_dir(env_model_dir: str | Path | None, session) -> Path | None:
 def register_model_folder(session, path: str | Path, metrics: Mapping[str, Any] | None = None):
     """Register a model folder as a model version named as the worker names it (``Classifier.version``).
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-    path : str or Path
-        A model folder.
-    metrics : dict, optional
-        Figures to store; the folder's own scalar metrics by default.
-
-    Returns
-    -------
-    ModelVersion
-
     Raises
     ------
     BadModelError
@@ -199,299 +244,308 @@ def register_model_folder(session, path: str | Path, metrics: Mapping[str, Any] 
     )
 
 
-def _scalars(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if metrics is None:
-        return None
-    return {k: v for k, v in metrics.items() if k not in ("confusion_matrix",)}
-
-
-def run_retraining(
-    session_factory,
-    *,
-    data_dir: str | Path | None,
-    models_dir: str | Path,
-    train_config: Mapping[str, Any] | None = None,
-    margin: float = 0.01,
-    metric: str = "macro_f1",
-    env_model_dir: str | Path | None = None,
-    default_model_dir: Callable[[], Path | None] | None = None,
-    train: Callable[..., Any] | None = None,
-    evaluate: Callable[..., dict[str, Any]] | None = None,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> RetrainOutcome:
-    """Train a candidate, compare it with the baseline, activate it if it wins; record the run.
-
-    Parameters
-    ----------
-    session_factory : sessionmaker
-    data_dir : str or Path or None
-        The class-folder dataset (``SMEARFLOW_TRAIN_DATA``); ``None`` records
-        a failed run.
-    models_dir : str or Path
-        Candidates are written to ``models_dir/<architecture>-<UTC time>``.
-    train_config : dict, optional
-        ``TrainConfig`` fields; its ``test_fraction`` and ``seed`` also
-        define the evaluation split.
-    margin, metric
-        See :func:`decide_activation`.
-    env_model_dir : str or Path, optional
-        ``SMEARFLOW_MODEL_DIR`` of the workers: when set it is the baseline
-        (and activation in the database does not change what they use).
-    default_model_dir : callable, optional
-        ``() -> Path or None``: the packaged model, the baseline when no
-        version is active; ``None`` when there is none.
-    train : callable, optional
-        ``train(data_dir, out_dir, TrainConfig) -> ModelFolder``;
-        :func:`smearflow.training.train.train_classifier` by default.
-    evaluate : callable, optional
-        ``evaluate(model_dir, data_dir, test_fraction, seed) -> metrics``;
-        :func:`evaluate_model_folder` by default.
-    now : callable
-        The current UTC time.
-
-    Returns
-    -------
-    RetrainOutcome
-        ``failed`` for a permanent problem (no or bad dataset, bad model);
-        the run is recorded either way.
-
-    Raises
-    ------
-    Exception
-        An unexpected error, after the run was recorded failed.
-    """
-    from smearflow.db import repository, session_scope, transient_database_errors
-    from smearflow.training.train import TrainConfig, train_classifier
-
-    train = train or train_classifier
-    evaluate = evaluate or evaluate_model_folder
-    if default_model_dir is None:
-        default_model_dir = _packaged_model_dir
-    started_at = now()
-    config = TrainConfig.from_dict(dict(train_config or {}))
-    candidate_name = baseline_name = None
-    candidate_metrics = baseline_metrics = None
-
-    def record(outcome: str, candidate=None, error=None) -> None:
-        with transient_database_errors(), session_scope(session_factory) as session:
-            version = None
-            if candidate is not None:
-                version = register_model_folder(session, candidate.path, _scalars(candidate_metrics))
-            if outcome == "activated":
-                repository.activate_model_version(session, version.name)
-            repository.record_training_run(
-                session,
-                outcome=outcome,
-                dataset=None if data_dir is None else str(data_dir),
-                architecture=config.architecture,
-                metrics={
-                    "metric": metric,
-                    "margin": margin,
-                    "baseline": baseline_name,
-                    "candidate": candidate_metrics,
-                    "baseline_metrics": baseline_metrics,
-                    "train_config": config.to_dict(),
-                },
-                candidate=version,
-                error=error,
-                started_at=started_at,
-                finished_at=now(),
-            )
-
-    try:
-        if data_dir is None:
-            raise PermanentError("no training dataset is configured (set SMEARFLOW_TRAIN_DATA)")
-        if not Path(data_dir).is_dir():
-            raise PermanentError(f"the training dataset {data_dir} does not exist")
-        with transient_database_errors(), session_scope(session_factory) as session:
-            baseline_dir = resolve_model_dir(env_model_dir, session)
-            active = repository.active_model_version(session)
-            active_name = active.name if active is not None and not env_model_dir else None
-        if baseline_dir is None:
-            baseline_dir = default_model_dir()
-        baseline_name = active_name or (str(baseline_dir) if baseline_dir is not None else None)
-        stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
-        out_dir = Path(models_dir) / f"{config.architecture}-{stamp}"
-        logger.info("retraining %s on %s into %s", config.architecture, data_dir, out_dir)
-        candidate = train(data_dir, out_dir, config)
-        candidate_name = candidate.version
-        candidate_metrics = evaluate(candidate.path, data_dir, config.test_fraction, config.seed)
-        baseline_error = None
-        if baseline_dir is not None:
-            try:
-                baseline_metrics = evaluate(baseline_dir, data_dir, config.test_fraction, config.seed)
-            except PermanentError as exc:
-                # Not comparable is not better: keep the baseline, but register the candidate for a manual choice.
-                baseline_error = f"the baseline {baseline_name} could not be evaluated: {type(exc).__name__}: {exc}"
-                logger.error("%s", baseline_error)
-        activate = baseline_error is None and decide_activation(candidate_metrics, baseline_metrics, margin, metric)
-    except PermanentError as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        logger.error("retraining failed: %s", error)
-        record("failed", error=error)
-        return RetrainOutcome("failed", candidate_name, baseline_name, candidate_metrics, baseline_metrics, error)
-    except Exception as exc:
-        logger.exception("retraining failed")
-        record("failed", error=exc)
-        raise
-    outcome = "activated" if activate else "kept-active"
-    record(outcome, candidate=candidate, error=baseline_error)
-    if activate and env_model_dir:
-        logger.warning("activated %s, but workers with SMEARFLOW_MODEL_DIR set keep using %s", candidate_name, env_model_dir)
-    logger.info(
-        "candidate %s %s: %s %.4f vs baseline %s",
-        candidate_name,
-        outcome,
-        metric,
-        candidate_metrics[metric],
-        None if baseline_metrics is None else round(baseline_metrics[metric], 4),
-    )
-    return RetrainOutcome(outcome, candidate_name, baseline_name, candidate_metrics, baseline_metrics, baseline_error)
-
-
-def _packaged_model_dir() -> Path | None:
+def packaged_model_dir() -> Path | None:
+    """The classifier folder shipped in the package, or ``None`` when it is missing."""
     from smearflow.classifier.classifier import default_model_dir
 
     path = default_model_dir()
     return path if path.is_dir() else None
 
 
-def load_benchmark_function() -> Callable[..., Any]:
-    """``smearflow.training.benchmark.run_benchmark``, imported when needed.
+@dataclass
+class _Run:
+    """What one retraining run knows as it goes; written to its ``training_runs`` row at the end."""
 
-    Raises
-    ------
-    PermanentError
-        When the benchmark module or function is not available.
-    """
-    try:
-        from smearflow.training.benchmark import run_benchmark
-    except ImportError as exc:
-        raise PermanentError(f"smearflow.training.benchmark.run_benchmark is not available ({exc})") from None
-    return run_benchmark
+    run_id: int
+    config: Any
+    out_dir: Path
+    baseline: str | None = None
+    baseline_dir: Path | None = None
+    gate: Any = None
+    gate_note: str = ""
+    candidate: Any = None
+    candidate_metrics: dict | None = None
+    baseline_metrics: dict | None = None
 
 
-def run_rebenchmark(
+def run_retraining(
     session_factory,
+    settings: RetrainSettings,
     *,
-    data_dir: str | Path | None,
-    out_dir: str | Path,
-    benchmark_config: Mapping[str, Any] | None = None,
-    load_benchmark: Callable[[], Callable[..., Any]] = load_benchmark_function,
+    task_id: str | None = None,
+    default_model_dir: Callable[[], Path | None] = packaged_model_dir,
+    train: Callable[..., Any] | None = None,
+    evaluate: Callable[..., dict[str, Any]] = evaluate_model_folder,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> dict[str, Any]:
-    """Re-run the architecture benchmark on the dataset and record it as a benchmark run.
-
-    The benchmark itself is :func:`smearflow.training.benchmark.run_benchmark`;
-    this adapter records the run, its per-fold validation figures and each
-    architecture's held-out test figures (fold ``-1``), or the reason it
-    failed (benchmark unavailable, bad dataset, an error).
+) -> RetrainOutcome:
+    """Train a candidate, score it and the baseline on the gate split, activate it if it wins; record it all.
 
     Parameters
     ----------
     session_factory : sessionmaker
-    data_dir : str or Path or None
-        The class-folder dataset; ``None`` records a failed run.
-    out_dir : str or Path
-        The run folder is ``out_dir/nightly-<UTC time>``.
-    benchmark_config : dict, optional
-        ``BenchmarkConfig`` fields (``SMEARFLOW_BENCHMARK_CONFIG``).
-    load_benchmark : callable
-        ``() -> run_benchmark``; :func:`load_benchmark_function` by default.
+    settings : RetrainSettings
+    task_id : str, optional
+        The Celery task id: a delivery of the same task again counts as one
+        more attempt of the same run.
+    default_model_dir : callable
+        ``() -> Path or None``: the packaged model, the baseline when no
+        version is active and ``SMEARFLOW_MODEL_DIR`` is not set.
+    train : callable, optional
+        ``train(data_dir, out_dir, TrainConfig) -> ModelFolder``;
+        :func:`smearflow.training.train.train_classifier` by default.
+    evaluate : callable
+        ``evaluate(model_dir, data_dir, images) -> metrics``.
     now : callable
+        The current UTC time.
 
     Returns
     -------
-    dict
-        ``{"status": "done" or "failed", "run_folder": ..., "error": ...}``.
+    RetrainOutcome
 
     Raises
     ------
+    RetrainingFailed
+        After the run was recorded failed (no or bad dataset, a baseline that
+        cannot be judged, too many deliveries, the time limit); its candidate
+        folder is removed.
     Exception
-        An unexpected error of the benchmark, after the run was recorded failed.
+        An unexpected error, after the run was recorded failed.
     """
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from smearflow.training.train import TrainConfig, train_classifier
+
+    config = TrainConfig.from_dict(dict(settings.train_config))
+    run = _begin(session_factory, settings, config, task_id, now)
+    try:
+        dataset = _check_dataset(settings.data_dir)
+        _choose_baseline(session_factory, settings, run, default_model_dir)
+        _choose_gate(session_factory, settings, run, dataset)
+        run.candidate = (train or train_classifier)(settings.data_dir, run.out_dir, _with_gate(config, run))
+        _check_candidate(run)
+        run.candidate_metrics = evaluate(run.candidate.path, settings.data_dir, run.gate.images)
+        if run.baseline_dir is not None:
+            run.baseline_metrics = evaluate(run.baseline_dir, settings.data_dir, run.gate.images)
+    except (PermanentError, SoftTimeLimitExceeded) as exc:
+        _fail(session_factory, settings, run, _failure_text(exc, settings))
+        raise RetrainingFailed(_failure_text(exc, settings)) from exc
+    except Exception as exc:
+        logger.exception("retraining failed")
+        _fail(session_factory, settings, run, f"{type(exc).__name__}: {exc}")
+        raise
+    return _decide_and_record(session_factory, settings, run)
+
+
+def _failure_text(exc: BaseException, settings: RetrainSettings) -> str:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return (
+            f"retraining reached its time limit, SMEARFLOW_TRAINING_TIME_LIMIT_S={settings.time_limit_s:.0f} s "
+            "(stopped at 95% of it, to record the run)"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _begin(session_factory, settings: RetrainSettings, config, task_id: str | None, now) -> _Run:
+    """Record the run (or count this delivery); remove a dead earlier attempt's folder."""
+    from smearflow.db import runs, session_scope, transient_database_errors
+
+    with transient_database_errors(), session_scope(session_factory) as session:
+        row, go_on = runs.begin_training_run(
+            session, task_id, dataset=settings.data_dir, architecture=config.architecture,
+            max_attempts=settings.max_attempts,
+        )
+        if row.candidate_dir is None:
+            row.candidate_dir = str(Path(settings.models_dir) / f"{config.architecture}-{now():%Y%m%dT%H%M%SZ}")
+        run_id, candidate_dir, error = row.id, Path(row.candidate_dir), row.error
+    _remove_folder(candidate_dir, Path(settings.models_dir))  # an earlier attempt's half-written candidate
+    if not go_on:
+        raise RetrainingFailed(error or f"training run {run_id} already ended")
+    logger.info("retraining run %d: %s on %s into %s", run_id, config.architecture, settings.data_dir, candidate_dir)
+    return _Run(run_id=run_id, config=config, out_dir=candidate_dir)
+
+
+def _remove_folder(folder: Path, models_dir: Path) -> None:
+    """Remove a candidate folder, only ever inside ``models_dir``."""
+    if folder.is_dir() and not folder.is_symlink() and folder.resolve().parent == models_dir.resolve():
+        shutil.rmtree(folder)
+        logger.info("removed %s", folder)
+
+
+def _check_dataset(data_dir: str | None):
+    """The scanned dataset; every class needs two images (one to train on, one to judge with).
+
+    Raises
+    ------
+    PermanentError
+        When no dataset is configured, it does not exist, or a class is too small.
+    """
+    from smearflow.training.data import scan_class_folders
+
+    if data_dir is None:
+        raise PermanentError("no training dataset is configured (set SMEARFLOW_TRAIN_DATA)")
+    if not Path(data_dir).is_dir():
+        raise PermanentError(f"the training dataset {data_dir} does not exist")
+    dataset = scan_class_folders(data_dir)
+    small = {name: n for name, n in dataset.class_counts().items() if n < 2}
+    if small:
+        listed = ", ".join(f"{name!r} ({n} image)" for name, n in sorted(small.items()))
+        raise PermanentError(f"{data_dir}: every class needs at least 2 images; too few in {listed}")
+    return dataset
+
+
+def _choose_baseline(session_factory, settings: RetrainSettings, run: _Run, default_model_dir) -> None:
+    """The model workers use now; the packaged one is registered so that it can be activated again."""
     from smearflow.db import repository, session_scope, transient_database_errors
 
-    stamp = now().strftime("%Y%m%dT%H%M%SZ")
-    run_folder = Path(out_dir) / f"nightly-{stamp}"
-    config = dict(benchmark_config or {})
     with transient_database_errors(), session_scope(session_factory) as session:
-        run_id = repository.start_benchmark_run(
-            session,
-            f"nightly-{stamp}",
-            {"data_dir": None if data_dir is None else str(data_dir), "benchmark_config": config},
-            str(run_folder),
-        ).id
+        run.baseline_dir = resolve_model_dir(settings.env_model_dir, session)
+        active = repository.active_model_version(session)
+        run.baseline = active.name if active is not None and not settings.env_model_dir else None
+        if run.baseline_dir is None:
+            run.baseline_dir = default_model_dir()
+            if run.baseline_dir is not None:
+                run.baseline = register_model_folder(session, run.baseline_dir).name
+    if run.baseline is None and run.baseline_dir is not None:
+        run.baseline = str(run.baseline_dir)
 
-    def finish(status: str, error=None, results=None) -> None:
-        from smearflow.db.models import BenchmarkRun
 
-        with transient_database_errors(), session_scope(session_factory) as session:
-            run = session.get(BenchmarkRun, run_id)
-            for row in _benchmark_rows(results or {}):
-                repository.add_benchmark_result(session, run, **row)
-            repository.finish_benchmark_run(session, run, status, error)
+def _choose_gate(session_factory, settings: RetrainSettings, run: _Run, dataset) -> None:
+    """Use the stored gate split, or make a new version when it cannot judge the baseline fairly."""
+    from smearflow.db import runs, session_scope, transient_database_errors
+    from smearflow.training.data import stratified_holdout
 
-    try:
-        if data_dir is None:
-            raise PermanentError("no benchmark dataset is configured (set SMEARFLOW_TRAIN_DATA)")
-        run_benchmark = load_benchmark()
-        if config:
-            from smearflow.training.benchmark import BenchmarkConfig
-
-            results = run_benchmark(data_dir, run_folder, BenchmarkConfig.from_dict(config))
+    names = [Path(p).relative_to(dataset.root).as_posix() for p in dataset.paths]
+    seen = images_seen_by(run.baseline_dir) if run.baseline_dir is not None else set()
+    with transient_database_errors(), session_scope(session_factory) as session:
+        gate = runs.current_gate_split(session)
+        reason = _gate_problem(gate, set(names), dataset, seen or set())
+        if reason is None:
+            run.gate = gate
         else:
-            results = run_benchmark(data_dir, run_folder)
-    except (PermanentError, ValueError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        logger.error("re-benchmark failed: %s", error)
-        finish("failed", error)
-        return {"status": "failed", "run_folder": str(run_folder), "error": error}
-    except Exception as exc:
-        logger.exception("re-benchmark failed")
-        finish("failed", exc)
-        raise
-    finish("done", results=results if isinstance(results, dict) else None)
-    return {"status": "done", "run_folder": str(run_folder), "error": None}
+            pool = [i for i, name in enumerate(names) if name not in (seen or set())]
+            if len(pool) < 2 * len(dataset.classes):
+                raise PermanentError(
+                    f"the baseline {run.baseline} trained on nearly every image of {settings.data_dir}: "
+                    "no image is left to judge it fairly"
+                )
+            _, gate_idx = stratified_holdout(dataset.labels[pool], run.config.test_fraction, run.config.splits_seed)
+            images = [names[pool[i]] for i in gate_idx]
+            run.gate = runs.create_gate_split(session, str(settings.data_dir), images, reason)
+            run.gate_note = f"new gate split v{run.gate.version}: {reason}"
+            logger.warning("retraining run %d: %s", run.run_id, run.gate_note)
+        if seen is None:
+            run.gate_note = (run.gate_note + "; " if run.gate_note else "") + (
+                "the baseline has no splits.json: its training images are unknown, its figure may be inflated"
+            )
+        session.expunge(run.gate)
 
 
-def _scalar_figures(metrics: Any) -> dict[str, Any]:
-    if not isinstance(metrics, Mapping):
-        return {}
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def _gate_problem(gate, present: set[str], dataset, seen: set[str]) -> str | None:
+    """Why the stored gate cannot be used (``None`` when it can)."""
+    if gate is None:
+        return "first retraining: a stratified share of the images the baseline never saw"
+    kept = [name for name in gate.images if name in present]
+    if {name.split("/", 1)[0] for name in kept} != set(dataset.classes):
+        return f"gate v{gate.version} no longer holds every class of the dataset ({len(kept)} of its images remain)"
+    overlap = seen & set(kept)
+    if overlap:
+        return f"the baseline trained or validated on {len(overlap)} of the {len(kept)} images of gate v{gate.version}"
+    return None
 
 
-def _benchmark_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``add_benchmark_result`` keyword arguments from ``run_benchmark``'s results.
+def _with_gate(config, run: _Run):
+    """The training config with the gate as its test split (written beside the candidate)."""
+    from dataclasses import replace
 
-    One row per fold (the network's validation figures) and one per
-    architecture with fold ``-1`` (its fold ensemble on the held-out test
-    split). Entries of another shape are skipped.
-    """
-    rows = []
-    for entry in results.get("folds") or []:
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("fold"), int):
-            continue
-        figures = ((entry.get("variants") or {}).get("network") or {}).get("validation")
-        rows.append(
-            {"architecture": str(entry.get("architecture")), "fold": entry["fold"], "metrics": _scalar_figures(figures)}
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    listing = run.out_dir.parent / f"{run.out_dir.name}.gate.txt"
+    listing.write_text("\n".join(run.gate.images) + "\n", encoding="utf-8")
+    return replace(config, test_images=str(listing))
+
+
+def _check_candidate(run: _Run) -> None:
+    """Refuse a candidate that saw a gate image (it would be judged on what it learned)."""
+    seen = images_seen_by(run.candidate.path) or set()
+    overlap = seen & set(run.gate.images)
+    if overlap:
+        raise PermanentError(f"the candidate trained on {len(overlap)} images of gate v{run.gate.version}")
+
+
+def _decide_and_record(session_factory, settings: RetrainSettings, run: _Run) -> RetrainOutcome:
+    from smearflow.db import runs, session_scope, transient_database_errors
+
+    activate = decide_activation(run.candidate_metrics, run.baseline_metrics, settings.margin, settings.metric)
+    reason = _reason(settings, run, activate)
+    with transient_database_errors(), session_scope(session_factory) as session:
+        version = register_model_folder(session, run.candidate.path, _scalars(run.candidate_metrics))
+        if activate:
+            runs.activate(session, version.name, actor=NIGHTLY_ACTOR, reason=reason, automatic=True)
+        row = session.get(runs.TrainingRun, run.run_id)
+        runs.finish_training_run(
+            session, row, "activated" if activate else "kept-active", reason=reason, candidate=version,
+            metric=settings.metric, candidate_figure=run.candidate_metrics[settings.metric],
+            baseline=run.baseline, baseline_figure=(run.baseline_metrics or {}).get(settings.metric),
+            metrics=_run_metrics(settings, run), gate=session.merge(run.gate),
         )
-    for name, summary in (results.get("architectures") or {}).items():
-        if not isinstance(summary, Mapping):
-            continue
-        figures = ((summary.get("ensemble_test") or {}).get("network")) or {}
-        rows.append({"architecture": str(name), "fold": -1, "metrics": _scalar_figures(_means(figures))})
-    return rows
+    _prune(session_factory, settings, protected={run.baseline or "", version.name})
+    if activate and settings.env_model_dir:
+        logger.warning("activated %s, but workers with SMEARFLOW_MODEL_DIR set keep using %s", version.name, settings.env_model_dir)
+    logger.info("retraining run %d: %s", run.run_id, reason)
+    return RetrainOutcome(
+        "activated" if activate else "kept-active", version.name, run.baseline, run.candidate_metrics,
+        run.baseline_metrics, reason, run.gate.version,
+    )
 
 
-def _means(figures: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"accuracy": {"mean": m, "std": s}}`` → ``{"accuracy": m, "accuracy_std": s}``; scalars pass."""
-    flat: dict[str, Any] = {}
-    for key, value in figures.items():
-        if isinstance(value, Mapping) and "mean" in value:
-            flat[key] = value["mean"]
-            if "std" in value:
-                flat[f"{key}_std"] = value["std"]
-        else:
-            flat[key] = value
-    return flat
+def _reason(settings: RetrainSettings, run: _Run, activate: bool) -> str:
+    metric, gate = settings.metric, f"gate v{run.gate.version}, {run.candidate_metrics.get('eval_images')} images"
+    candidate = run.candidate_metrics[metric]
+    if run.baseline_metrics is None:
+        text = f"{metric} {candidate:.4f} on {gate}; no model to beat"
+    else:
+        baseline = run.baseline_metrics[metric]
+        verdict = "beats" if activate else "does not beat"
+        text = f"{metric} {candidate:.4f} {verdict} {baseline:.4f} + margin {settings.margin} ({gate})"
+    return text + (f"; {run.gate_note}" if run.gate_note else "")
+
+
+def _run_metrics(settings: RetrainSettings, run: _Run) -> dict[str, Any]:
+    return {
+        "margin": settings.margin,
+        "candidate": _scalars(run.candidate_metrics),
+        "baseline_metrics": _scalars(run.baseline_metrics),
+        "train_config": run.config.to_dict(),
+    }
+
+
+def _scalars(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {k: v for k, v in metrics.items() if k not in ("confusion_matrix",)}
+
+
+def _fail(session_factory, settings: RetrainSettings, run: _Run, error: str) -> None:
+    """Record the run failed and remove its candidate folder."""
+    from smearflow.db import runs, session_scope, transient_database_errors
+
+    logger.error("retraining run %d failed: %s", run.run_id, error)
+    with transient_database_errors(), session_scope(session_factory) as session:
+        row = session.get(runs.TrainingRun, run.run_id)
+        runs.finish_training_run(
+            session, row, "failed", error=error, baseline=run.baseline, metric=settings.metric,
+            metrics=_run_metrics(settings, run) if run.candidate_metrics else None,
+        )
+    _remove_folder(run.out_dir, Path(settings.models_dir))
+
+
+def _prune(session_factory, settings: RetrainSettings, protected: set[str]) -> None:
+    """Keep the newest ``keep_candidates`` candidates' folders; never the active, the baseline or the packaged one."""
+    from smearflow.db import runs, session_scope, transient_database_errors
+
+    with transient_database_errors(), session_scope(session_factory) as session:
+        for version in runs.prunable_candidates(session, settings.keep_candidates, protected):
+            if version.path:
+                _remove_folder(Path(version.path), Path(settings.models_dir))
+            runs.mark_pruned(session, version)

@@ -80,6 +80,10 @@ Variables (default in brackets):
     the figure a candidate must win on [macro_f1]
 ``SMEARFLOW_RETRAIN_MARGIN``
     by how much it must win [0.01]
+``SMEARFLOW_MAX_TRAINING_ATTEMPTS``
+    deliveries of one retraining or benchmark task (its process killed) before the run is given up [3]
+``SMEARFLOW_KEEP_CANDIDATES``
+    nightly candidate folders kept; older ones are removed (never the active or the packaged model) [5]
 ``SMEARFLOW_TIMEZONE``
     time zone of the cron schedules [UTC]
 """
@@ -190,6 +194,8 @@ class WorkerSettings(SerialisableConfig):
     benchmark_cron: str | None = "30 4 * * 0"
     retrain_metric: str = "macro_f1"
     retrain_margin: float = 0.01
+    max_training_attempts: int = 3
+    keep_candidates: int = 5
     timezone: str = "UTC"
 
     def __post_init__(self):
@@ -208,7 +214,10 @@ class WorkerSettings(SerialisableConfig):
             )
         if self.segmenter not in ("classical", "unet"):
             raise ValueError(f"segmenter must be 'classical' or 'unet'. Received: segmenter={self.segmenter!r}")
-        for name, least in (("max_attempts", 1), ("max_retries", 0), ("max_requeues", 0), ("max_fields", 1), ("max_field_pixels", 1)):
+        for name, least in (
+            ("max_attempts", 1), ("max_retries", 0), ("max_requeues", 0), ("max_fields", 1), ("max_field_pixels", 1),
+            ("max_training_attempts", 1), ("keep_candidates", 0),
+        ):
             value = getattr(self, name)
             if value < least:
                 raise ValueError(f"{name} must be at least {least}. Received: {name}={value}")
@@ -325,6 +334,8 @@ class WorkerSettings(SerialisableConfig):
             benchmark_cron=_cron(env, "SMEARFLOW_BENCHMARK_CRON", "30 4 * * 0"),
             retrain_metric=_text(env, "SMEARFLOW_RETRAIN_METRIC", "macro_f1"),
             retrain_margin=_number(env, "SMEARFLOW_RETRAIN_MARGIN", 0.01),
+            max_training_attempts=_number(env, "SMEARFLOW_MAX_TRAINING_ATTEMPTS", 3, int),
+            keep_candidates=_number(env, "SMEARFLOW_KEEP_CANDIDATES", 5, int),
             timezone=_text(env, "SMEARFLOW_TIMEZONE", "UTC"),
         )
 

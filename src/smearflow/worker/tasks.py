@@ -9,7 +9,7 @@
   (queue ``slides``; sent by beat, and by each worker when it starts);
 - ``smearflow.retrain()``: :func:`smearflow.worker.nightly.run_retraining`
   (queue ``training``);
-- ``smearflow.rebenchmark()``: :func:`smearflow.worker.nightly.run_rebenchmark`
+- ``smearflow.rebenchmark()``: :func:`smearflow.worker.rebenchmark.run_rebenchmark`
   (queue ``training``).
 
 Each worker process holds one :class:`WorkerRuntime`: its database engine and
@@ -204,26 +204,21 @@ def reconcile(self) -> dict:
 
 @shared_task(name=RETRAIN_TASK, bind=True)
 def retrain(self) -> dict:
-    """Train a candidate on ``SMEARFLOW_TRAIN_DATA``; activate it if it beats the active model."""
-    from smearflow.worker.nightly import run_retraining
+    """Train a candidate on ``SMEARFLOW_TRAIN_DATA``; activate it if it beats the active model on the gate split.
+
+    A failed run is recorded, then raised: the task ends as a failure.
+    """
+    from smearflow.worker.nightly import RetrainSettings, run_retraining
 
     runtime = get_runtime(self.app)
-    settings = runtime.settings
-    return run_retraining(
-        runtime.session_factory(),
-        data_dir=settings.train_data,
-        models_dir=settings.models_dir,
-        train_config=settings.train_config,
-        margin=settings.retrain_margin,
-        metric=settings.retrain_metric,
-        env_model_dir=settings.model_dir,
-    ).to_dict()
+    settings = RetrainSettings.of(runtime.settings)
+    return run_retraining(runtime.session_factory(), settings, task_id=self.request.id).to_dict()
 
 
 @shared_task(name=REBENCHMARK_TASK, bind=True)
 def rebenchmark(self) -> dict:
-    """Re-run the architecture benchmark on ``SMEARFLOW_TRAIN_DATA`` and record it."""
-    from smearflow.worker.nightly import run_rebenchmark
+    """Run or resume the architecture benchmark on ``SMEARFLOW_TRAIN_DATA`` and record it."""
+    from smearflow.worker.rebenchmark import run_rebenchmark
 
     runtime = get_runtime(self.app)
     settings = runtime.settings
@@ -232,6 +227,9 @@ def rebenchmark(self) -> dict:
         data_dir=settings.train_data,
         out_dir=settings.benchmark_dir,
         benchmark_config=settings.benchmark_config,
+        task_id=self.request.id,
+        max_attempts=settings.max_training_attempts,
+        time_limit_s=settings.training_time_limit_s,
     )
 
 

@@ -1,0 +1,152 @@
+"""The nightly re-benchmark: recorded runs, finished folds kept when it times out, resumed the next night."""
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+
+from smearflow.db import session_scope
+from smearflow.db.models import BenchmarkRun
+from smearflow.errors import PermanentError
+from smearflow.worker.rebenchmark import (
+    CPU_BENCHMARK_CONFIG,
+    BenchmarkFailed,
+    load_benchmark_function,
+    run_rebenchmark,
+)
+from smearflow_testkit import write_class_folders
+
+TINY = {
+    "architectures": ["cnn"], "folds": 2, "image_size": 32, "epochs": 1, "batch_size": 8, "test_fraction": 0.2,
+    "arch_params": {"cnn": {"filters": [4, 8]}},
+}
+
+
+def _benchmark_runs(factory):
+    with session_scope(factory) as session:
+        return [
+            (run.status, run.error, sorted((r.architecture, r.fold) for r in run.results), run.run_folder, run.attempts)
+            for run in session.scalars(select(BenchmarkRun).order_by(BenchmarkRun.id))
+        ]
+
+
+def test_an_unavailable_benchmark_is_a_recorded_failed_task(tmp_path, db_factory):
+    def unavailable():
+        raise PermanentError("smearflow.training.benchmark.run_benchmark is not available (No module named 'x')")
+
+    with pytest.raises(BenchmarkFailed, match="is not available"):
+        run_rebenchmark(db_factory, data_dir=tmp_path, out_dir=tmp_path / "bench", load_benchmark=unavailable)
+    assert _benchmark_runs(db_factory)[0][0] == "failed"
+
+
+def test_the_folds_and_test_figures_are_recorded(tmp_path, db_factory):
+    calls = []
+
+    def run_benchmark(data_dir, out_dir, config):
+        calls.append((data_dir, out_dir, config))
+        return {
+            "folds": [
+                {"architecture": "cnn", "fold": 0, "variants": {"network": {"validation": {"accuracy": 0.8}}}},
+                {"architecture": "cnn", "fold": "?"},
+            ],
+            "architectures": {"cnn": {"ensemble_test": {"network": {"accuracy": {"mean": 0.85, "std": 0.01}}}}, "odd": 3},
+        }
+
+    result = run_rebenchmark(
+        db_factory, data_dir=tmp_path, out_dir=tmp_path / "bench", load_benchmark=lambda: run_benchmark,
+        now=lambda: datetime(2026, 11, 29, 4, 30, tzinfo=UTC),
+    )
+    folder = tmp_path / "bench" / "nightly-20261129T043000Z"
+    assert result == {"status": "done", "run_folder": str(folder), "resumed": False, "error": None}
+    assert calls[0][1] == folder and calls[0][2].architectures == tuple(CPU_BENCHMARK_CONFIG["architectures"])
+    assert _benchmark_runs(db_factory)[0][:3] == ("done", None, [("cnn", -1), ("cnn", 0)])
+
+
+def test_the_default_settings_are_the_cpu_sized_ones_and_a_configuration_is_passed(tmp_path, db_factory):
+    from smearflow.training.benchmark import BenchmarkConfig
+
+    seen = []
+    run_rebenchmark(
+        db_factory, data_dir=tmp_path, out_dir=tmp_path, benchmark_config={"folds": 3, "architectures": ["cnn"]},
+        load_benchmark=lambda: lambda data_dir, out_dir, config: seen.append(config) or {},
+    )
+    assert (seen[0].folds, seen[0].architectures) == (3, ("cnn",))
+    cpu = BenchmarkConfig.from_dict(CPU_BENCHMARK_CONFIG)
+    assert cpu.image_size == 75 and len(cpu.architectures) == 2
+
+
+def test_no_dataset_or_a_bad_one_fails_recorded(tmp_path, db_factory):
+    with pytest.raises(BenchmarkFailed, match="no benchmark dataset is configured"):
+        run_rebenchmark(db_factory, data_dir=None, out_dir=tmp_path, load_benchmark=lambda: None)
+
+    def bad(data_dir, out_dir, config):
+        raise ValueError("a class has too few images for the folds")
+
+    with pytest.raises(BenchmarkFailed, match="ValueError: a class has too few images"):
+        run_rebenchmark(db_factory, data_dir=tmp_path, out_dir=tmp_path / "b", load_benchmark=lambda: bad)
+    assert [run[0] for run in _benchmark_runs(db_factory)] == ["failed", "failed"]
+
+
+def test_an_unexpected_error_is_recorded_then_raised(tmp_path, db_factory):
+    def crash(data_dir, out_dir, config):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_rebenchmark(db_factory, data_dir=tmp_path, out_dir=tmp_path, load_benchmark=lambda: crash)
+    assert _benchmark_runs(db_factory)[0][:2] == ("failed", "RuntimeError: disk full")
+
+
+def test_a_task_whose_process_keeps_dying_is_given_up(tmp_path, any_db_factory):
+    def dies(data_dir, out_dir, config):
+        raise KeyboardInterrupt  # stands in for SIGKILL
+
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            run_rebenchmark(any_db_factory, data_dir=tmp_path, out_dir=tmp_path, task_id="b-1", max_attempts=2,
+                            load_benchmark=lambda: dies)
+    with pytest.raises(BenchmarkFailed, match="benchmark was started 2 times and its process died each time"):
+        run_rebenchmark(any_db_factory, data_dir=tmp_path, out_dir=tmp_path, task_id="b-1", max_attempts=2,
+                        load_benchmark=lambda: dies)
+    ((status, _, _, _, attempts),) = _benchmark_runs(any_db_factory)
+    assert (status, attempts) == ("failed", 3)
+
+
+def test_a_timed_out_benchmark_keeps_its_finished_folds_and_resumes_the_next_night(tmp_path, any_db_factory):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from smearflow.training.benchmark import BenchmarkCallbacks, run_benchmark
+
+    data = write_class_folders(tmp_path / "data", per_class=8, size=32)
+
+    class TimeLimitAfterOneFold(BenchmarkCallbacks):
+        def on_fold_end(self, task, entry, resumed):
+            raise SoftTimeLimitExceeded()
+
+    def interrupted(data_dir, out_dir, config):
+        return run_benchmark(data_dir, out_dir, config, callbacks=TimeLimitAfterOneFold())
+
+    with pytest.raises(BenchmarkFailed, match="1 fold\\(s\\) finished and recorded; the next run resumes"):
+        run_rebenchmark(
+            any_db_factory, data_dir=data, out_dir=tmp_path / "bench", benchmark_config=TINY, time_limit_s=900,
+            load_benchmark=lambda: interrupted, now=lambda: datetime(2026, 11, 29, 4, 30, tzinfo=UTC),
+        )
+    (first,) = _benchmark_runs(any_db_factory)
+    assert first[0] == "failed" and "SMEARFLOW_TRAINING_TIME_LIMIT_S=900 s" in first[1]
+    assert ("cnn", 0) in first[2]  # the finished fold is in the database
+
+    result = run_rebenchmark(
+        any_db_factory, data_dir=data, out_dir=tmp_path / "bench", benchmark_config=TINY,
+        now=lambda: datetime(2026, 12, 6, 4, 30, tzinfo=UTC),
+    )
+    assert result["resumed"] and result["run_folder"] == first[3]
+    second = _benchmark_runs(any_db_factory)[1]
+    assert second[0] == "done" and {("cnn", 0), ("cnn", 1), ("cnn", -1)} <= set(second[2])
+    assert second[3] == first[3]
+
+
+def test_load_benchmark_function(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "smearflow.training.benchmark", None)  # import fails
+    with pytest.raises(PermanentError, match="run_benchmark is not available"):
+        load_benchmark_function()
