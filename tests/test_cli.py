@@ -256,3 +256,22 @@ def test_a_bad_model_folder_is_a_clear_error(run, slides, tmp_path):
     result = CliRunner().invoke(app, ["analyze", str(slides[0]), "--model", str(tmp_path / "nomodel")])
     assert result.exit_code == 2
     assert "model folder does not exist" in result.output
+
+
+def test_tensorflow_start_up_lines_are_hidden_unless_verbose():
+    import subprocess
+    import sys
+
+    def stderr_of(code):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
+
+    loud = stderr_of("import tensorflow")
+    if not loud.strip():
+        pytest.skip("this TensorFlow prints nothing when it loads")
+    quiet = stderr_of(
+        "from smearflow.commands.common import quiet_native_startup\n"
+        "quiet_native_startup()\n"
+        "import tensorflow, sys\n"
+        "print('still here', file=sys.stderr)\n"
+    )
+    assert quiet.strip() == "still here"

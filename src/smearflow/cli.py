@@ -20,6 +20,7 @@ from smearflow.commands.common import (
     ModelDir,
     fail,
     open_database,
+    quiet_native_startup,
     setup_logging,
     stderr_console,
     stdout_console,
@@ -34,11 +35,11 @@ app = typer.Typer(
 )
 
 @app.callback()
-def main_callback(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False):
-    import os
-
-    # TensorFlow's C++ start-up chatter would bury the tables; real errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def main_callback(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details and TensorFlow's start-up.")] = False,
+):
+    if not verbose:
+        quiet_native_startup()
     setup_logging(verbose)
 
 

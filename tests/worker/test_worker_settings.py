@@ -165,12 +165,28 @@ def test_beat_schedule_runs_both_jobs_on_the_training_queue_and_can_turn_one_off
 
 
 def test_every_variable_read_is_documented():
-    import inspect
     import re
 
     from smearflow.worker import settings as module
 
-    read = set(re.findall(r'"(SMEARFLOW_[A-Z_]+)"', inspect.getsource(module.WorkerSettings.from_env)))
-    read |= {"SMEARFLOW_QUEUE_PREFIX"}
-    documented = set(re.findall(r"``(SMEARFLOW_[A-Z_]+)``", module.__doc__))
+    import dataclasses
+
+    read = {f"SMEARFLOW_{f.name.upper()}" for f in dataclasses.fields(module.WorkerSettings)}
+    documented = set(re.findall(r"``(SMEARFLOW_[A-Z0-9_]+)``", module.__doc__))
     assert read == documented
+
+
+def test_the_documented_numeric_defaults_are_the_real_ones():
+    import dataclasses
+    import re
+
+    from smearflow.worker import settings as module
+
+    defaults = {f"SMEARFLOW_{f.name.upper()}": f.default for f in dataclasses.fields(module.WorkerSettings)}
+    checked = 0
+    for name, text in re.findall(r"``(SMEARFLOW_[A-Z0-9_]+)``\n    (.+?)(?=\n``|\n\"\"\"|\Z)", module.__doc__, re.S):
+        documented = re.search(r"\[([0-9.]+)\]\s*$", text.strip())
+        if documented:
+            assert float(documented.group(1)) == float(defaults[name]), name
+            checked += 1
+    assert checked >= 15

@@ -34,6 +34,62 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+class _QuietNativeStartup:
+    """Import hook: while ``tensorflow`` is first imported, its native libraries' start-up lines are hidden.
+
+    TensorFlow's C++ libraries print to file descriptor 2 as they load, before
+    any logging setting applies (``TF_CPP_MIN_LOG_LEVEL`` does not reach
+    them); only redirecting the descriptor during that import silences them.
+    """
+
+    def find_spec(self, fullname, path, target=None):
+        import importlib.util
+        import sys
+
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once; and so that find_spec below finds the real module
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            exec_module = spec.loader.exec_module
+
+            def quietly(module):
+                with _native_stderr_silenced():
+                    exec_module(module)
+
+            spec.loader.exec_module = quietly
+        return spec
+
+
+def _native_stderr_silenced():
+    import os
+    from contextlib import contextmanager
+
+    @contextmanager
+    def silenced():
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+    return silenced()
+
+
+def quiet_native_startup() -> None:
+    """Hide TensorFlow's native start-up lines for the rest of this process (the CLI without --verbose)."""
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietNativeStartup) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietNativeStartup())
+
+
 def stderr_console():
     from rich.console import Console
 

@@ -119,28 +119,19 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit when the block ends, roll back when it raises.
+def session_scope(factory: sessionmaker[Session]):
+    """One unit of work: commit when the block ends, roll back when it raises (``sessionmaker.begin()``).
 
     Parameters
     ----------
     factory : sessionmaker
         From :func:`session_factory`.
 
-    Yields
-    ------
-    sqlalchemy.orm.Session
+    Returns
+    -------
+    context manager yielding sqlalchemy.orm.Session
     """
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    return factory.begin()
 
 
 def is_transient_database_error(exc: BaseException) -> bool:

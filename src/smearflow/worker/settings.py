@@ -90,9 +90,12 @@ Variables (default in brackets):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,15 +120,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _text(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
-    value = environ.get(name, "").strip()
-    return value or default
-
-
-def _number(environ: Mapping[str, str], name: str, default: float, kind: type = float) -> Any:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
+def _number(name: str, raw: str, kind: type) -> Any:
     try:
         value = kind(raw)
     except ValueError:
@@ -135,10 +130,7 @@ def _number(environ: Mapping[str, str], name: str, default: float, kind: type = 
     return value
 
 
-def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name)
-    if raw is None:
-        return default
+def _flag(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in _TRUE:
         return True
@@ -286,6 +278,10 @@ class WorkerSettings(SerialisableConfig):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
         """Settings from ``SMEARFLOW_*`` variables (``os.environ`` by default).
 
+        Field ``name`` is read from ``SMEARFLOW_<NAME>``; an unset or empty
+        variable leaves the field's default. Values are parsed by the field's
+        type (numbers, flags, JSON objects; ``off`` turns a cron schedule off).
+
         Raises
         ------
         ValueError
@@ -293,64 +289,33 @@ class WorkerSettings(SerialisableConfig):
             break a rule of :class:`WorkerSettings`.
         """
         env = os.environ if environ is None else environ
-        train_config = _json_object(env, "SMEARFLOW_TRAIN_CONFIG")
-        benchmark_config = _json_object(env, "SMEARFLOW_BENCHMARK_CONFIG")
-        rbc = _number(env, "SMEARFLOW_RBC_DIAMETER_PX", None)
-        return cls(
-            broker_url=_text(env, "SMEARFLOW_BROKER_URL", DEFAULT_BROKER_URL),
-            result_backend=_text(env, "SMEARFLOW_RESULT_BACKEND"),
-            database_url=_text(env, "SMEARFLOW_DATABASE_URL"),
-            queue_prefix=env.get("SMEARFLOW_QUEUE_PREFIX", "").strip(),
-            slides_queue=_text(env, "SMEARFLOW_SLIDES_QUEUE"),
-            training_queue=_text(env, "SMEARFLOW_TRAINING_QUEUE"),
-            model_dir=_text(env, "SMEARFLOW_MODEL_DIR"),
-            segmenter=_text(env, "SMEARFLOW_SEGMENTER", "classical"),
-            segmentation_model_dir=_text(env, "SMEARFLOW_SEGMENTATION_MODEL_DIR"),
-            rbc_diameter_px=rbc,
-            preload_model=_flag(env, "SMEARFLOW_PRELOAD_MODEL", True),
-            max_attempts=_number(env, "SMEARFLOW_MAX_ATTEMPTS", 3, int),
-            max_retries=_number(env, "SMEARFLOW_MAX_RETRIES", 30, int),
-            retry_backoff_s=_number(env, "SMEARFLOW_RETRY_BACKOFF_S", 5.0),
-            retry_backoff_max_s=_number(env, "SMEARFLOW_RETRY_BACKOFF_MAX_S", 60.0),
-            lease_s=_number(env, "SMEARFLOW_LEASE_S", 60.0),
-            heartbeat_s=_number(env, "SMEARFLOW_HEARTBEAT_S", 15.0),
-            reconcile_interval_s=_number(env, "SMEARFLOW_RECONCILE_INTERVAL_S", 60.0),
-            queued_grace_s=_number(env, "SMEARFLOW_QUEUED_GRACE_S", 60.0),
-            max_requeues=_number(env, "SMEARFLOW_MAX_REQUEUES", 5, int),
-            max_fields=_number(env, "SMEARFLOW_MAX_FIELDS", 2000, int),
-            max_field_pixels=_number(env, "SMEARFLOW_MAX_FIELD_PIXELS", 40_000_000, int),
-            soft_time_limit_s=_number(env, "SMEARFLOW_SOFT_TIME_LIMIT_S", 1200.0),
-            time_limit_s=_number(env, "SMEARFLOW_TIME_LIMIT_S", 1500.0),
-            training_time_limit_s=_number(env, "SMEARFLOW_TRAINING_TIME_LIMIT_S", 14400.0),
-            visibility_timeout_s=_number(env, "SMEARFLOW_VISIBILITY_TIMEOUT_S", 18000.0),
-            restore_interval_s=_number(env, "SMEARFLOW_RESTORE_INTERVAL_S", None),
-            model_load_timeout_s=_number(env, "SMEARFLOW_MODEL_LOAD_TIMEOUT_S", 300.0),
-            train_data=_text(env, "SMEARFLOW_TRAIN_DATA"),
-            train_config=train_config,
-            models_dir=_text(env, "SMEARFLOW_MODELS_DIR", "smearflow-models"),
-            benchmark_dir=_text(env, "SMEARFLOW_BENCHMARK_DIR", "smearflow-benchmarks"),
-            benchmark_config=benchmark_config,
-            retrain_cron=_cron(env, "SMEARFLOW_RETRAIN_CRON", "30 2 * * *"),
-            benchmark_cron=_cron(env, "SMEARFLOW_BENCHMARK_CRON", "30 4 * * 0"),
-            retrain_metric=_text(env, "SMEARFLOW_RETRAIN_METRIC", "macro_f1"),
-            retrain_margin=_number(env, "SMEARFLOW_RETRAIN_MARGIN", 0.01),
-            max_training_attempts=_number(env, "SMEARFLOW_MAX_TRAINING_ATTEMPTS", 3, int),
-            keep_candidates=_number(env, "SMEARFLOW_KEEP_CANDIDATES", 5, int),
-            timezone=_text(env, "SMEARFLOW_TIMEZONE", "UTC"),
-        )
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for setting in dataclasses.fields(cls):
+            variable = f"SMEARFLOW_{setting.name.upper()}"
+            raw = env.get(variable, "").strip()
+            if raw:
+                values[setting.name] = _parse(variable, raw, hints[setting.name], setting.name)
+        return cls(**values)
 
 
-def _json_object(environ: Mapping[str, str], name: str) -> Any:
-    raw = _text(environ, name, "{}")
+def _parse(variable: str, raw: str, kind: Any, name: str) -> Any:
+    """One variable's value, parsed by its field's type."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # "float | None" is read as float
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if name.endswith("_cron"):
+        return None if raw.lower() in ("off", "none", "disabled") else raw
+    if kind is bool:
+        return _flag(variable, raw)
+    if kind in (int, float):
+        return _number(variable, raw, kind)
+    if kind is dict or typing.get_origin(kind) is dict:
+        return _json_object(variable, raw)
+    return raw
+
+
+def _json_object(name: str, raw: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{name} must be a JSON object. Received: {name}={raw!r} ({exc})") from None
-
-
-def _cron(environ: Mapping[str, str], name: str, default: str) -> str | None:
-    """A cron expression, or ``None`` when the variable says ``off``."""
-    raw = environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    return None if raw.strip().lower() in ("off", "none", "disabled") else raw.strip()
