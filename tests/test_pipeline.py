@@ -163,3 +163,48 @@ def test_a_field_name_that_is_not_utf8_is_shown_printable():
     result = analyze_slide(info, PlantedSegmenter([]), ColumnClassifier([]), CONFIG, read_image=_reader(bad=set(info.field_paths)))
     result.fields[0].name.encode("utf-8")
     assert "field-" in result.fields[0].name
+
+
+class ProbabilityClassifier:
+    """Answers with fixed probabilities over named classes, like the real Classifier."""
+
+    version = "probable-1"
+    classes = ("lymphocyte", "neutrophil", "platelet")
+    confidence_threshold = 0.6
+
+    def __init__(self, rows):
+        self.rows = list(rows)
+
+    def classify(self, crops, batch_size=32, exclude=()):
+        from smearflow.types import Classification
+
+        answers = []
+        for _ in range(len(crops)):
+            p = self.rows.pop(0)
+            best = int(np.argmax(p))
+            answers.append(Classification(self.classes[best], float(p[best]), tuple(p)))
+        return answers
+
+
+def test_cells_keep_their_top_classes_and_low_confidence_ones_are_uncertain():
+    cells = [_cell("wbc", 30, 30), _cell("wbc", 60, 80), _cell("platelet", 80, 20, radius=3), _cell("platelet", 20, 100, radius=3)]
+    classifier = ProbabilityClassifier([(0.9, 0.05, 0.05), (0.45, 0.4, 0.15), (0.1, 0.2, 0.7), (0.1, 0.8, 0.1)])
+    result = analyze_slide(_info(), PlantedSegmenter(cells), classifier, CONFIG, read_image=_reader())
+    by_position = {c.cell.centroid: c.classification for c in result.fields[0].cells}
+    sure, unsure = by_position[(30.0, 30.0)], by_position[(60.0, 80.0)]
+    assert (sure.label, sure.uncertain, sure.top_classes[0]) == ("lymphocyte", False, ("lymphocyte", 0.9))
+    assert (unsure.label, unsure.uncertain) == ("lymphocyte", True)  # 0.45 < the model's 0.6
+    assert [name for name, _ in unsure.top_classes] == ["lymphocyte", "neutrophil", "platelet"]
+    assert result.counts == {"lymphocyte": 2} and result.uncertain_wbc == 1
+    platelet, not_platelet = by_position[(80.0, 20.0)], by_position[(20.0, 100.0)]
+    assert (platelet.label, platelet.confidence, platelet.uncertain) == ("platelet", 0.7, False)
+    assert (not_platelet.label, not_platelet.confidence) == ("artefact", pytest.approx(0.9))  # never "neutrophil"
+
+
+def test_the_configured_confidence_threshold_wins_over_the_models():
+    cells = [_cell("wbc", 30, 30)]
+    config = PipelineConfig(check_quality=False, confidence_threshold=0.95)
+    result = analyze_slide(_info(), PlantedSegmenter(cells), ProbabilityClassifier([(0.9, 0.05, 0.05)]), config, read_image=_reader())
+    assert result.uncertain_wbc == 1
+    with pytest.raises(ValueError, match="confidence_threshold must be in \\[0, 1\\]"):
+        PipelineConfig(confidence_threshold=1.5)

@@ -29,6 +29,8 @@ from smearflow.commands.common import (
 
 app = typer.Typer(
     help="Blood-smear slide folders in, white-cell differential counts out.",
+    # Plain help: flags as flags, arguments as NAMES, no type tags a technologist has to decode.
+    rich_markup_mode=None,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -65,6 +67,7 @@ def slide_summary(result) -> dict:
         "counts": result.counts,
         "wbc_total": result.wbc_total,
         "unclassified_wbc": result.unclassified_wbc,
+        "uncertain_wbc": result.uncertain_wbc,
         "rbc_count": result.rbc_count,
         "platelet_count": result.platelet_count,
         "errors": list(result.errors),
@@ -85,6 +88,7 @@ def rejected_summary(folder, reason: str, slide_id: str | None = None, status: s
         "counts": {},
         "wbc_total": 0,
         "unclassified_wbc": 0,
+        "uncertain_wbc": 0,
         "rbc_count": 0,
         "platelet_count": 0,
         "errors": [reason],

@@ -225,6 +225,10 @@ class PipelineConfig(SerialisableConfig):
         leave them out of the counts.
     quality : QualityConfig
         The thresholds of the field quality gate.
+    confidence_threshold : float, optional
+        A classified cell whose top probability is below this is
+        ``uncertain`` (counted, and shown first for review); the model
+        folder's recommended threshold (``calibration.json``) when ``None``.
     """
 
     segmenter: str = "classical"
@@ -237,6 +241,7 @@ class PipelineConfig(SerialisableConfig):
     min_field_side_px: int = 64
     check_quality: bool = True
     quality: QualityConfig = QualityConfig()
+    confidence_threshold: float | None = None
 
     def __post_init__(self):
         if self.segmenter not in ("classical", "unet"):
@@ -247,6 +252,10 @@ class PipelineConfig(SerialisableConfig):
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1. Received: batch_size={self.batch_size}")
+        if self.confidence_threshold is not None and not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError(
+                f"confidence_threshold must be in [0, 1]. Received: confidence_threshold={self.confidence_threshold}"
+            )
         for name in ("max_field_pixels", "min_field_side_px"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")

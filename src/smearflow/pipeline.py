@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +17,7 @@ import numpy as np
 from smearflow.config import PipelineConfig
 from smearflow.errors import BadImageError
 from smearflow.quality import assess_field
-from smearflow.types import ClassifiedCell, FieldResult, SlideInfo, SlideResult
+from smearflow.types import Classification, ClassifiedCell, FieldResult, SlideInfo, SlideResult
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def analyze_field(name: str, image: np.ndarray, segmenter, classifier, config: P
         indices = [i for i in chosen if cells[i].kind == kind]
         if indices:
             crops = crop_cells(image, [cells[i] for i in indices], side_px, config.crop.crop_size_px)
-            labels.update(zip(indices, classifier.classify(crops, batch_size=config.batch_size, exclude=exclude)))
+            answers = classifier.classify(crops, batch_size=config.batch_size, exclude=exclude)
+            labels.update(zip(indices, judge(kind, answers, classifier, config)))
     classified = tuple(ClassifiedCell(cell, labels.get(i)) for i, cell in enumerate(cells))
     wbc_counts = Counter(
         c.classification.label for c in classified if c.cell.kind == "wbc" and c.classification is not None
@@ -82,6 +84,46 @@ def analyze_field(name: str, image: np.ndarray, segmenter, classifier, config: P
         platelet_count=sum(1 for c in cells if c.kind == "platelet" and c.counted),
         quality=dict(quality.measures) if quality is not None else {},
     )
+
+
+TOP_CLASSES = 3
+"""Most probable classes kept with each classified cell."""
+
+PLATELET, ARTEFACT = "platelet", "artefact"
+
+
+def judge(kind: str, answers, classifier, config: PipelineConfig) -> list[Classification]:
+    """The classifier's answers as the cells' classifications: top classes, uncertainty, platelet decision.
+
+    A white cell keeps its class. A platelet candidate becomes ``platelet``
+    when the classifier's most probable class is ``platelet`` (or the model
+    has no such class) and ``artefact`` otherwise: never a white-cell class.
+    Either is ``uncertain`` when its confidence is below the threshold
+    (``config.confidence_threshold``, else the model folder's).
+    """
+    classes = tuple(getattr(classifier, "classes", ()))
+    threshold = config.confidence_threshold
+    if threshold is None:
+        threshold = getattr(classifier, "confidence_threshold", 0.0)
+    judged = []
+    for answer in answers:
+        top = _top_classes(answer, classes)
+        label, confidence = answer.label, answer.confidence
+        if kind == "platelet" and PLATELET in classes:
+            p_platelet = answer.probabilities[classes.index(PLATELET)] if answer.probabilities else float(label == PLATELET)
+            label = PLATELET if answer.label == PLATELET else ARTEFACT
+            confidence = p_platelet if label == PLATELET else 1.0 - p_platelet
+        elif kind == "platelet":
+            label = PLATELET
+        judged.append(replace(answer, label=label, confidence=confidence, top_classes=top, uncertain=confidence < threshold))
+    return judged
+
+
+def _top_classes(answer, classes: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    if not answer.probabilities or len(answer.probabilities) != len(classes):
+        return ((answer.label, float(answer.confidence)),)
+    order = np.argsort(answer.probabilities)[::-1][:TOP_CLASSES]
+    return tuple((classes[i], float(answer.probabilities[i])) for i in order)
 
 
 def _ruled_out_for_wbc(classifier, config: PipelineConfig) -> tuple[str, ...]:
@@ -209,6 +251,9 @@ def summarize_slide(info: SlideInfo, fields: list[FieldResult], model_version: s
     unclassified = sum(
         1 for f in done for c in f.cells if c.cell.kind == "wbc" and c.cell.counted and c.classification is None
     )
+    uncertain = sum(
+        1 for f in done for c in f.cells if c.cell.kind == "wbc" and c.classification is not None and c.classification.uncertain
+    )
     errors = tuple(f.error for f in fields if f.error)
     if not done and not errors:
         errors = (f"{info.folder}: slide has no field to analyse",)
@@ -222,6 +267,7 @@ def summarize_slide(info: SlideInfo, fields: list[FieldResult], model_version: s
         model_version=model_version,
         errors=errors,
         unclassified_wbc=unclassified,
+        uncertain_wbc=uncertain,
     )
 
 

@@ -54,11 +54,20 @@ class Cell:
 
 @dataclass(frozen=True)
 class Classification:
-    """The classifier's answer for one crop."""
+    """The classifier's answer for one crop.
+
+    ``top_classes`` are the most probable classes with their probability,
+    best first (what a reviewer sees); ``uncertain`` is set when the top
+    probability is below the confidence threshold: the cell still counts, and
+    review shows it first. A platelet candidate's ``label`` is ``platelet`` or
+    ``artefact``, never a white-cell class.
+    """
 
     label: str
     confidence: float
     probabilities: tuple[float, ...] = ()
+    top_classes: tuple[tuple[str, float], ...] = ()
+    uncertain: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,8 @@ class SlideResult:
     platelet clump was large enough to pass for a white cell).
     ``platelet_count`` and ``rbc_count`` come from segmentation.
     ``unclassified_wbc`` are white cells counted by the border rule but too
-    cut off by the field's edge to classify.
+    cut off by the field's edge to classify; ``uncertain_wbc`` are classified
+    white cells whose confidence is below the threshold (counted, to review).
     """
 
     info: SlideInfo
@@ -128,6 +138,7 @@ class SlideResult:
     model_version: str | None
     errors: tuple[str, ...] = ()
     unclassified_wbc: int = 0
+    uncertain_wbc: int = 0
 
     @property
     def wbc_total(self) -> int:

@@ -440,3 +440,18 @@ def test_training_run_recording(db_session):
     assert (failed.error, failed.metrics, failed.candidate_model_version) == ("RuntimeError: nan loss", {}, None)
     with pytest.raises(ValueError, match="Received: outcome=''"):
         repo.record_training_run(session, outcome="")
+
+
+def test_cells_store_their_top_classes_and_uncertainty(db_session, make_slide_info):
+    from smearflow.types import Cell as PipelineCell
+    from smearflow.types import Classification
+
+    mask = np.ones((4, 4), bool)
+    answer = Classification("ig", 0.41, top_classes=(("ig", 0.41), ("neutrophil", 0.39), ("basophil", 0.1)), uncertain=True)
+    cell = ClassifiedCell(PipelineCell("wbc", (0, 0, 4, 4), (2.0, 2.0), 16, mask), answer)
+    field = FieldResult(name="f1.png", status="done", cells=(cell,), wbc_counts={"ig": 1})
+    repo.store_slide_result(db_session, SlideResult(make_slide_info(), "done", (field,), {"ig": 1}, 0, 0, None), None)
+    db_session.commit()
+    stored = db_session.scalars(select(Cell)).one()
+    assert stored.uncertain is True
+    assert stored.top_classes == [["ig", 0.41], ["neutrophil", 0.39], ["basophil", 0.1]]

@@ -252,6 +252,9 @@ class Cell(Base):
     kind: Mapped[str] = mapped_column(String(16))
     label: Mapped[str | None] = mapped_column(String(64))
     confidence: Mapped[float | None] = mapped_column(Float)
+    # The three most probable classes, [[label, probability], ...], and the threshold decision.
+    top_classes: Mapped[list[Any] | None] = mapped_column(JSON)
+    uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
     bbox_row_min: Mapped[int] = mapped_column(Integer)
     bbox_col_min: Mapped[int] = mapped_column(Integer)
     bbox_row_max: Mapped[int] = mapped_column(Integer)

@@ -500,6 +500,8 @@ def _cell_row(field_id: int, classified, model_version_id: int | None) -> dict[s
         "kind": cell.kind,
         "label": label.label if label is not None else None,
         "confidence": float(label.confidence) if label is not None else None,
+        "top_classes": [[name, float(p)] for name, p in label.top_classes] if label is not None else None,
+        "uncertain": bool(label.uncertain) if label is not None else False,
         "bbox_row_min": row_min,
         "bbox_col_min": col_min,
         "bbox_row_max": row_max,
