@@ -155,3 +155,9 @@ def test_the_celery_tasks_run_their_bodies(tmp_path, sqlite_url, monkeypatch):
         assert outcome.state == "FAILURE" and message in str(outcome.result)
 
 
+
+
+def test_the_default_analyzer_carries_the_worker_settings(sqlite_url, tiny_model_dir):
+    runtime = WorkerRuntime(WorkerSettings(database_url=sqlite_url, max_field_pixels=1234, segmenter="classical"))
+    analyzer = runtime._load_default_analyzer(tiny_model_dir)
+    assert (analyzer.config.max_field_pixels, analyzer.config.segmenter) == (1234, "classical")

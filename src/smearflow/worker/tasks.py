@@ -101,7 +101,7 @@ class WorkerRuntime:
 
         return Analyzer.load(
             model_dir,
-            PipelineConfig(segmenter=self.settings.segmenter),
+            PipelineConfig(segmenter=self.settings.segmenter, max_field_pixels=self.settings.max_field_pixels),
             segmentation_model_dir=self.settings.segmentation_model_dir,
             rbc_diameter_px=self.settings.rbc_diameter_px,
         )
