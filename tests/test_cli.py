@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from smearflow.cli import app
+from smearflow.cli import app, build_command
 from smearflow.synthetic import write_demo_slides
 
 
@@ -275,3 +275,13 @@ def test_tensorflow_start_up_lines_are_hidden_unless_verbose():
         "print('still here', file=sys.stderr)\n"
     )
     assert quiet.strip() == "still here"
+
+
+def test_help_shows_flags_as_flags_and_values_by_name():
+    from click.testing import CliRunner as ClickRunner
+
+    result = ClickRunner().invoke(build_command(), ["analyze", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--reassign  " in result.output and "--reassign <bool>" not in result.output
+    assert "--model MODEL" in result.output and "--max-fields MAX_FIELDS" in result.output
+    assert "<str>" not in result.output.split("Options:")[1]

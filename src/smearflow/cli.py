@@ -20,6 +20,7 @@ from smearflow.commands.common import (
     ModelDir,
     fail,
     open_database,
+    plain_metavars,
     quiet_native_startup,
     setup_logging,
     stderr_console,
@@ -475,8 +476,15 @@ def _register_command_modules() -> None:
 _register_command_modules()
 
 
+def build_command():
+    """The ``smearflow`` command line as click runs it, with plain help."""
+    command = typer.main.get_command(app)
+    plain_metavars(command)
+    return command
+
+
 def main() -> None:
-    app()
+    build_command()(prog_name="smearflow")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,23 @@ ModelDir = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
+def plain_metavars(command) -> None:
+    """Name every option's value after the option (``--model MODEL``), not its Python type (``<path>``).
+
+    Options that name their metavar keep it; flags show none.
+
+    Parameters
+    ----------
+    command : click.Command
+        The command line as built by ``typer.main.get_command``; groups are walked.
+    """
+    for param in command.params:
+        if param.param_type_name == "option" and param.metavar is None and not param.is_flag:
+            param.metavar = param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
+
+
 def setup_logging(verbose: bool = False) -> None:
     from rich.logging import RichHandler
 
