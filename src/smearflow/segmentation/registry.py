@@ -66,7 +66,7 @@ SEGMENTERS: dict[str, SegmenterEntry] = {
     "classical": SegmenterEntry(
         "classical",
         "smearflow.segmentation.classical",
-        "colour thresholds, shape and watershed; needs no model",
+        "colour thresholds, shape and watershed, with no model",
     ),
     "unet": SegmenterEntry(
         "unet",
@@ -82,14 +82,17 @@ DEFAULT_SEGMENTER = "classical"
 
 def segmenter_choices(quoted: bool = False) -> str:
     """The registered names as text: ``"classical or unet"`` (``"'classical' or 'unet'"`` when ``quoted``)."""
-    names = [repr(name) if quoted else name for name in SEGMENTERS]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return _one_of([repr(name) if quoted else name for name in SEGMENTERS])
 
 
 def segmenter_help() -> str:
-    """Help text of a ``--segmenter`` option: each name with its description, the default named."""
-    described = "; ".join(f"{entry.name}: {entry.description}" for entry in SEGMENTERS.values())
-    return f"Which segmenter finds the cells ({described}). Default: {DEFAULT_SEGMENTER}."
+    """Help text of a ``--segmenter`` option: each name with its description."""
+    described = _one_of([f"{entry.name} ({entry.description})" for entry in SEGMENTERS.values()])
+    return f"Which segmenter finds the cells: {described}."
+
+
+def _one_of(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def check_segmenter_name(name: str, argument: str = "segmenter") -> None:

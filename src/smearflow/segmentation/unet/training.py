@@ -83,8 +83,8 @@ class UNetTrainConfig(SerialisableConfig):
         Seed of the weights and the patches.
     mask_rbc_diameter_px : tuple of (str, float)
         Red-cell diameter of each masks-layout dataset, by folder name; a
-        folder not listed gets the median of the classical estimate over its
-        training images.
+        folder not listed gets the median of the estimated diameter
+        (:mod:`smearflow.segmentation.diameter`) over its training images.
     """
 
     epochs: int = 12
