@@ -116,8 +116,9 @@ def test_train_segmentation_writes_a_model_folder_with_honest_splits_and_heldout
     assert "saved" in result.output and "held-out" in result.output
 
 
-def test_evaluate_segmentation_json_has_the_keys_segeval_returns(data, trained):
-    from smearflow.segeval import dataset_names, evaluate_segmentation_dir, holdout_split
+def test_evaluate_segmentation_json_has_the_keys_the_evaluation_returns(data, trained):
+    from smearflow.datasets import dataset_names, holdout_split
+    from smearflow.evaluation.segmentation import evaluate_segmentation_dir
     from smearflow.segmentation.unet import UNetSegmenter
 
     folder = data / "wbcseg" / "dataset1"
@@ -177,6 +178,9 @@ def test_evaluate_segmentation_names_a_broken_model_config(data, trained, tmp_pa
 
 
 def test_train_segmentation_reports_bad_inputs(tmp_path, data):
+    result = invoke("train-segmentation", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "give --wbcseg DIR, --bccd DIR or both" in result.output
+    assert not (tmp_path / "o").exists()
     result = invoke("train-segmentation", "--wbcseg", tmp_path / "absent", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "absent: no such dataset folder" in result.output
     result = invoke("train-segmentation", "--bccd", data / "bccd", "--size", 30, "--out", tmp_path / "o")
@@ -195,3 +199,16 @@ def test_analyze_runs_with_the_unet_segmenter(trained, tiny_model_dir, tmp_path)
     assert result.exit_code in (0, 1), result.output
     summary = json.loads(result.stdout)[0]
     assert summary["status"] in ("done", "failed") and "counts" in summary
+
+
+@pytest.mark.parametrize("command", ["evaluate-segmentation", "train-segmentation"])
+def test_help_is_plain_text_without_module_names_or_developer_paths(command):
+    from smearflow.segmentation import SEGMENTERS
+
+    result = invoke(command, "--help")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for word in ("``", "segeval", "holdout_split", "evaluate_segmentation_dir", "smearflow.", "../shared"):
+        assert word not in text, word
+    if command == "evaluate-segmentation":
+        assert all(entry.description in text for entry in SEGMENTERS.values())

@@ -139,7 +139,7 @@ def test_export_crops_command_writes_the_tuning_part(tmp_path, monkeypatch):
     args = ["export-crops", str(fields), "--labels", str(tmp_path / "c.csv"), "--out", str(out), "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    from smearflow.segeval import holdout_split
+    from smearflow.datasets import holdout_split
 
     tuning, _ = holdout_split(Path(n).stem for n in names)
     assert sorted(p.stem for p in out.rglob("*.png")) == sorted(tuning)

@@ -337,7 +337,7 @@ def _labelled_fields(labels: Path, image_column: str, label_column: str, subset:
     """The labels read from ``labels`` and the image names of ``subset`` (None: all)."""
     from smearflow.errors import PermanentError
     from smearflow.fieldeval import read_field_labels
-    from smearflow.segeval import holdout_split
+    from smearflow.datasets import holdout_split
 
     if subset not in ("heldout", "tuning", "all"):
         raise fail(f"--subset must be heldout, tuning or all. Received: {subset!r}")

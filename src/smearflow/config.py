@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from smearflow.segmentation.registry import check_segmenter_name
+
 T = TypeVar("T", bound="SerialisableConfig")
 
 
@@ -244,8 +246,7 @@ class PipelineConfig(SerialisableConfig):
     confidence_threshold: float | None = None
 
     def __post_init__(self):
-        if self.segmenter not in ("classical", "unet"):
-            raise ValueError(f"segmenter must be 'classical' or 'unet'. Received: segmenter={self.segmenter!r}")
+        check_segmenter_name(self.segmenter)
         if not 0.0 <= self.min_visible_fraction <= 1.0:
             raise ValueError(
                 f"min_visible_fraction must be in [0, 1]. Received: min_visible_fraction={self.min_visible_fraction}"

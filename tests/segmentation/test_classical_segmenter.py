@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from smearflow.segmentation import Segmentation
-from smearflow.segmentation.classical import ClassicalConfig, ClassicalSegmenter, estimate_rbc_diameter_px
+from smearflow.segmentation.classical import ClassicalConfig, ClassicalSegmenter
+from smearflow.segmentation.diameter import DiameterConfig
 from smearflow.segmentation.metrics import dice
 from smearflow.synthetic import make_smear
 
@@ -91,12 +92,6 @@ def test_platelets_are_found(segmented):
             assert math.dist(_nearest(platelets, truth.centroid).centroid, truth.centroid) < 2 * truth.radius_px
 
 
-@pytest.mark.parametrize("diameter_px, n_rbc, shape", [(40.0, 40, (360, 480)), (70.0, 40, (480, 640)), (90.0, 20, (480, 640))])
-def test_red_cell_diameter_estimate_is_within_15_percent(diameter_px, n_rbc, shape):
-    smear = make_smear(3, shape=shape, n_rbc=n_rbc, rbc_diameter_px=diameter_px, touching_rbc_pairs=3)
-    assert estimate_rbc_diameter_px(smear.image) == pytest.approx(diameter_px, rel=0.15)
-
-
 def test_segmentation_reports_the_diameter_it_used(segmented):
     smear, estimated = segmented[0]
     assert estimated.rbc_diameter_px == pytest.approx(smear.rbc_diameter_px, rel=0.15)
@@ -135,7 +130,7 @@ def test_an_empty_field_has_no_cells():
     blank = np.full((120, 160, 3), (228, 221, 226), np.uint8)
     segmentation = ClassicalSegmenter().segment(blank)
     assert segmentation.cells == ()
-    assert estimate_rbc_diameter_px(blank) == pytest.approx(120 / 6)
+    assert segmentation.rbc_diameter_px == pytest.approx(120 / 6)
 
 
 @pytest.mark.parametrize(
@@ -151,8 +146,6 @@ def test_an_empty_field_has_no_cells():
 def test_bad_images_are_refused_naming_what_was_received(image, message):
     with pytest.raises(ValueError, match=message):
         ClassicalSegmenter().segment(image)
-    with pytest.raises(ValueError, match=message):
-        estimate_rbc_diameter_px(image)
 
 
 @pytest.mark.parametrize(
@@ -194,3 +187,12 @@ def test_config_round_trips_through_a_dict():
     config = ClassicalConfig(rbc_diameter_px=55.0, foreground_min=0.09)
     assert ClassicalConfig.from_dict(config.to_dict()) == config
     assert ClassicalConfig.from_dict(ClassicalConfig().to_dict()).rbc_diameter_px is None
+
+
+def test_the_diameter_estimate_uses_the_config_s_values():
+    config = ClassicalConfig(min_rbc_diameter_px=10.0, max_rbc_diameter_px=50.0, foreground_min=0.1)
+    assert config.diameter_config() == DiameterConfig(
+        min_rbc_diameter_px=10.0, max_rbc_diameter_px=50.0, foreground_min=0.1
+    )
+    # The U-Net estimates with DiameterConfig(): the classical defaults.
+    assert ClassicalConfig().diameter_config() == DiameterConfig()

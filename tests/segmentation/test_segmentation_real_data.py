@@ -2,7 +2,8 @@
 
 import pytest
 
-from smearflow.segeval import dataset_names, evaluate_segmentation_dir, holdout_split
+from smearflow.datasets import dataset_names, holdout_split
+from smearflow.evaluation.segmentation import evaluate_segmentation_dir
 from smearflow.segmentation.classical import ClassicalSegmenter
 
 pytestmark = pytest.mark.data

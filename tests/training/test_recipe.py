@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from smearflow.cli import app
 from smearflow.imageio import write_rgb
-from smearflow.segeval import holdout_split
+from smearflow.datasets import holdout_split
 from smearflow.segmentation import Segmentation
 from smearflow.training.recipe import train_default_model
 from smearflow.training.train import TrainConfig

@@ -9,9 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from smearflow.commands.common import JsonFlag, fail, stderr_console, stdout_console
+from smearflow.errors import PermanentError
+from smearflow.segmentation import (
+    DEFAULT_SEGMENTER,
+    check_segmenter_name,
+    make_segmenter,
+    segmenter_choices,
+    segmenter_help,
+)
 
-DEFAULT_WBCSEG = Path("../shared/data/wbcseg")
-DEFAULT_BCCD = Path("../shared/data/bccd")
 SUBSETS = ("heldout", "tuning", "all")
 
 
@@ -28,7 +34,7 @@ def evaluate_segmentation(
             help="Dataset folder (images/ with annotations/ or masks/), or a folder of them such as wbcseg/."
         ),
     ],
-    segmenter: Annotated[str, typer.Option(help="classical or unet.")] = "classical",
+    segmenter: Annotated[str, typer.Option(help=segmenter_help())] = DEFAULT_SEGMENTER,
     segmentation_model: Annotated[
         Optional[Path], typer.Option(help="U-Net model folder for --segmenter unet (default: the packaged one).")
     ] = None,
@@ -36,25 +42,27 @@ def evaluate_segmentation(
         Optional[float], typer.Option(help="Red-cell diameter in pixels (estimated per field when omitted).")
     ] = None,
     subset: Annotated[
-        str, typer.Option(help="heldout, tuning or all: which part of the deterministic split to score.")
+        str, typer.Option(help="heldout, tuning or all: which part of each dataset to score.")
     ] = "heldout",
     as_json: JsonFlag = False,
 ):
-    """Score a segmenter on an annotated dataset: detection and counts (boxes) or Dice/IoU (masks).
+    """Score a segmenter on an annotated dataset: detection and counts (boxes) or Dice and IoU (masks).
 
-    The parts come from segeval's deterministic holdout_split (30 % held out by the hash of the
-    image name); the U-Net trains on the tuning part only. With --json, a dataset folder prints
-    the dict evaluate_segmentation_dir returns; a folder of datasets prints one per dataset name.
+    Each dataset is split the same way every time: 30% of its images, chosen by a hash of the image
+    name, are held out; the U-Net trains on the other part (tuning) only. With --json, a dataset
+    folder prints its figures as one object; a folder of datasets prints one object per dataset name.
     """
-    from smearflow.errors import PermanentError
-
     if subset not in SUBSETS:
         raise fail(f"--subset must be one of {', '.join(SUBSETS)}. Received: --subset {subset}")
-    if segmenter not in ("classical", "unet"):
-        raise fail(f"--segmenter must be classical or unet. Received: --segmenter {segmenter}")
     try:
-        datasets = _dataset_folders(path)
-        chosen = _make_segmenter(segmenter, segmentation_model, rbc_diameter_px)
+        check_segmenter_name(segmenter)
+    except ValueError:
+        raise fail(f"--segmenter must be {segmenter_choices()}. Received: --segmenter {segmenter}") from None
+    from smearflow.datasets import find_datasets
+
+    try:
+        datasets = {folder.name or str(folder): folder for folder in find_datasets(path)}
+        chosen = make_segmenter(segmenter, rbc_diameter_px=rbc_diameter_px, model_dir=segmentation_model)
         results = {name: _evaluate_one(folder, chosen, subset) for name, folder in datasets.items()}
     except (PermanentError, ValueError) as error:
         raise fail(str(error)) from None
@@ -69,35 +77,9 @@ def evaluate_segmentation(
             console.print(f"[yellow]skipped[/yellow] {skipped['file']}: {skipped['error']}", highlight=False)
 
 
-def _dataset_folders(path: Path) -> dict[str, Path]:
-    from smearflow.errors import BadDatasetError
-    from smearflow.segeval import dataset_layout
-
-    if not path.is_dir():
-        raise BadDatasetError(f"{path}: no such dataset folder")
-    if (path / "images").is_dir():
-        dataset_layout(path)
-        return {path.name or str(path): path}
-    found = {}
-    for child in sorted(p for p in path.iterdir() if p.is_dir()):
-        try:
-            dataset_layout(child)
-        except BadDatasetError:
-            continue
-        found[child.name] = child
-    if not found:
-        dataset_layout(path)  # raises the layout error naming the folder
-    return found
-
-
-def _make_segmenter(name: str, model_dir: Path | None, rbc_diameter_px: float | None):
-    from smearflow.segmentation import make_segmenter
-
-    return make_segmenter(name, rbc_diameter_px=rbc_diameter_px, model_dir=model_dir)
-
-
 def _evaluate_one(folder: Path, segmenter, subset: str) -> dict:
-    from smearflow.segeval import dataset_names, evaluate_segmentation_dir, holdout_split
+    from smearflow.datasets import dataset_names, holdout_split
+    from smearflow.evaluation.segmentation import evaluate_segmentation_dir
 
     names = None
     if subset != "all":
@@ -146,7 +128,7 @@ def _result_table(title: str, result: dict):
 def train_segmentation(
     wbcseg: Annotated[
         Optional[Path],
-        typer.Option(help="Masks-layout dataset folder, or a folder of them (wbcseg's dataset1/, dataset2/)."),
+        typer.Option(help="Masks-layout dataset folder, or a folder of them (such as wbcseg/ with dataset1/, dataset2/)."),
     ] = None,
     bccd: Annotated[Optional[Path], typer.Option(help="Boxes-layout (Pascal VOC) dataset folder.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Model folder to write.")] = Path("runs/unet"),
@@ -159,19 +141,21 @@ def train_segmentation(
         bool, typer.Option("--evaluate/--no-evaluate", help="Score the held-out parts into metrics.json.")
     ] = True,
 ):
-    """Train the U-Net segmenter and save a model folder usable by ``--segmenter unet --segmentation-model``.
+    """Train the U-Net segmenter and save a model folder for --segmenter unet --segmentation-model.
 
-    When neither --wbcseg nor --bccd is given, both default to ../shared/data/wbcseg and
-    ../shared/data/bccd; with no other option this reproduces the packaged default model.
-    Each dataset's held-out part (segeval's holdout_split) never trains and is scored at the end.
+    Give --wbcseg, --bccd or both. With the wbcseg and BCCD data sets and no other option this
+    reproduces the packaged default model. Each dataset's held-out part (30% of its images, chosen
+    by a hash of the image name) never trains and is scored at the end.
     """
+    if wbcseg is None and bccd is None:
+        raise fail("train-segmentation needs training data: give --wbcseg DIR, --bccd DIR or both")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from smearflow.errors import PermanentError
-    from smearflow.segmentation.unet_train import UNetTrainConfig, find_datasets, train_unet
+    from smearflow.datasets import find_datasets
+    from smearflow.evaluation.heldout import evaluate_heldout
+    from smearflow.segmentation.unet import update_unet_metrics
+    from smearflow.segmentation.unet.training import UNetTrainConfig, train_unet
 
-    if wbcseg is None and bccd is None:
-        wbcseg, bccd = DEFAULT_WBCSEG, DEFAULT_BCCD
     overrides = {
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
@@ -193,9 +177,9 @@ def train_segmentation(
             def on_step(step: int, total: int, loss: float) -> None:
                 progress.update(task, completed=step, description=f"training U-Net loss {loss:.3f}")
 
-            folder = train_unet(
-                out, mask_dirs=mask_dirs, box_dirs=box_dirs, config=config, on_step=on_step, evaluate=evaluate
-            )
+            folder = train_unet(out, mask_dirs=mask_dirs, box_dirs=box_dirs, config=config, on_step=on_step)
+        if evaluate:
+            folder = update_unet_metrics(folder, evaluate_heldout(folder))
     except (PermanentError, ValueError) as error:
         raise fail(str(error)) from None
     metrics = folder.metrics

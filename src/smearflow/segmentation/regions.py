@@ -1,8 +1,7 @@
 """Array helpers shared by the segmenters: masks, labelled regions and cell records.
 
-Pure functions on NumPy arrays (OpenCV, SciPy and scikit-image are imported
-lazily), used by :mod:`smearflow.segmentation.classical`,
-:mod:`smearflow.segmentation.unet` and :mod:`smearflow.segmentation.unet_data`.
+Pure functions on NumPy arrays, used by :mod:`smearflow.segmentation.classical`,
+:mod:`smearflow.segmentation.diameter` and :mod:`smearflow.segmentation.unet`.
 Bounding boxes are ``(row0, col0, row1, col1)``, max-exclusive.
 """
 
@@ -11,7 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
+from scipy import ndimage
+from skimage.segmentation import watershed
+from skimage.util import img_as_ubyte
 
 from smearflow.types import Cell, CellKind
 
@@ -57,8 +60,6 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
         low, high = float(np.nanmin(image)), float(np.nanmax(image))
         if low < 0 or high > 1:
             raise ValueError(f"a float image must lie in [0, 1]. Received: min={low}, max={high}")
-        from skimage.util import img_as_ubyte
-
         return img_as_ubyte(image)
     raise ValueError(f"image must be uint8 or float in [0, 1]. Received: dtype={image.dtype}")
 
@@ -76,8 +77,6 @@ def disc(radius: int) -> np.ndarray:
     ndarray of shape (2 * radius + 1, 2 * radius + 1), uint8
         1 inside the disc, 0 outside.
     """
-    import cv2
-
     radius = max(0, int(radius))
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
@@ -95,8 +94,6 @@ def opened(mask: np.ndarray) -> np.ndarray:
     ndarray of shape (M, N), bool
         The mask without specks and one-pixel spurs.
     """
-    import cv2
-
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disc(1)).astype(bool)
 
 
@@ -118,8 +115,6 @@ def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     ndarray of shape (M, N), bool
         ``mask`` with its small enclosed holes set.
     """
-    import cv2
-
     _, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
     rows, cols = mask.shape
     x, y, w, h, area = (stats[:, k] for k in range(5))
@@ -144,9 +139,6 @@ def split_clump(mask: np.ndarray, radius: float) -> list[np.ndarray]:
         The pieces (a watershed on the negated distance); ``[mask]`` when
         there are fewer than two peaks.
     """
-    import cv2
-    from skimage.segmentation import watershed
-
     distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
     window = max(1, int(round(radius)))
     peaks = (distance == cv2.dilate(distance, disc(window))) & (distance >= 1.0) & mask
@@ -202,8 +194,6 @@ def labelled_regions(labels: np.ndarray) -> Iterator[tuple[tuple[int, int, int, 
     mask : ndarray of shape (row1 - row0, col1 - col0), bool
         The region inside ``bbox``.
     """
-    from scipy import ndimage
-
     for index, slices in enumerate(ndimage.find_objects(labels), start=1):
         if slices is None:
             continue
@@ -238,8 +228,6 @@ def to_field(
         The region inside the tight box, or ``None`` when nothing is left
         after resizing.
     """
-    import cv2
-
     scale_rows, scale_cols = scale
     if scale_rows == 1.0 and scale_cols == 1.0:
         field_bbox, field_mask = bbox, mask

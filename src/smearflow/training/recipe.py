@@ -24,7 +24,7 @@ def train_default_model(
     """Train the default model the way the packaged one was made.
 
     1. With labelled whole fields: the white-cell crops of their tuning part
-       (:func:`smearflow.segeval.holdout_split`, so the held-out fields stay
+       (:func:`smearflow.datasets.holdout_split`, so the held-out fields stay
        unseen) → ``out_dir/field-crops``.
     2. ``config`` on ``data_dir`` with those crops mixed into the training
        images (``extra_repeat`` times each, class weights that keep the
@@ -60,7 +60,7 @@ def train_default_model(
         When only one of ``field_images`` and ``field_labels`` is given.
     """
     from smearflow.fieldeval import export_field_crops, read_field_labels
-    from smearflow.segeval import holdout_split
+    from smearflow.datasets import holdout_split
 
     if (field_images is None) != (field_labels is None):
         raise ValueError("field_images and field_labels go together: give both or neither")

@@ -101,6 +101,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smearflow.config import SerialisableConfig
+from smearflow.segmentation.registry import check_segmenter_name
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 """The broker used when ``SMEARFLOW_BROKER_URL`` is not set."""
@@ -204,8 +205,7 @@ class WorkerSettings(SerialisableConfig):
                 "slides_queue and training_queue must differ. "
                 f"Received: slides_queue={self.slides_queue!r}, training_queue={self.training_queue!r}"
             )
-        if self.segmenter not in ("classical", "unet"):
-            raise ValueError(f"segmenter must be 'classical' or 'unet'. Received: segmenter={self.segmenter!r}")
+        check_segmenter_name(self.segmenter)
         for name, least in (
             ("max_attempts", 1), ("max_retries", 0), ("max_requeues", 0), ("max_fields", 1), ("max_field_pixels", 1),
             ("max_training_attempts", 1), ("keep_candidates", 0),

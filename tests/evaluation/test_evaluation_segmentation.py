@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from smearflow.datasets import dataset_layout, dataset_names, read_voc_boxes
 from smearflow.errors import BadDatasetError
+from smearflow.evaluation.segmentation import evaluate_segmentation_dir
 from smearflow.imageio import write_rgb
-from smearflow.segeval import (
-    dataset_layout,
-    dataset_names,
-    evaluate_segmentation_dir,
-    holdout_split,
-    read_voc_boxes,
-)
 from smearflow.segmentation import Segmentation
 from smearflow.segmentation.classical import ClassicalConfig, ClassicalSegmenter
 from smearflow.synthetic import make_smear
@@ -89,29 +84,6 @@ def box_cell(kind, bbox, counted=True):
     return Cell(kind, bbox, ((r0 + r1) / 2, (c0 + c1) / 2), (r1 - r0) * (c1 - c0), np.ones((r1 - r0, c1 - c0), bool), counted=counted)
 
 
-def test_holdout_split_is_deterministic_and_independent_of_the_other_names():
-    names = [f"img_{i:03d}" for i in range(100)]
-    tuning, held_out = holdout_split(names)
-    assert len(held_out) == 30 and len(tuning) == 70 and not set(tuning) & set(held_out)
-    assert holdout_split(reversed(names)) == (tuning, held_out)
-    assert holdout_split(names, seed="other") != (tuning, held_out)
-    # Ranking by hash: a name held out among 100 stays held out in a bigger list's first 30 % only if it ranks there;
-    # it never moves to the held-out side of a different seed because of its neighbours.
-    assert holdout_split(names, fraction=0.0) == (tuple(sorted(names)), ())
-    assert holdout_split(names, fraction=1.0) == ((), tuple(sorted(names)))
-
-
-@pytest.mark.parametrize("kwargs, message", [({"fraction": 1.5}, "fraction=1.5"), ({"fraction": -0.1}, "fraction=-0.1")])
-def test_holdout_split_refuses_a_bad_fraction(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        holdout_split(["a", "b"], **kwargs)
-
-
-def test_holdout_split_refuses_repeated_names():
-    with pytest.raises(ValueError, match=r"repeated names: \['a'\]"):
-        holdout_split(["a", "b", "a"])
-
-
 def test_boxes_layout_scores_the_classical_segmenter(boxes_dir):
     assert dataset_layout(boxes_dir) == "boxes"
     assert dataset_names(boxes_dir) == ["field_0", "field_1", "field_2"]
@@ -169,19 +141,11 @@ def test_masks_layout_scores_zero_when_no_white_cell_is_found(tmp_path):
     assert result["images_without_wbc"] == 1 and result["cell_dice"] == 0.0 and result["nucleus_dice"] == 0.0
 
 
-def test_read_voc_boxes_converts_one_based_inclusive_coordinates(tmp_path):
-    path = tmp_path / "a.xml"
-    path.write_text(voc_xml([("RBC", 1, 1, 10, 20), ("WBC", 5, 5, 100, 50), ("Platelets", 7, 7, 7, 7)], 100, 50))
-    boxes, dropped = read_voc_boxes(path, (50, 100))
-    assert boxes == {"rbc": [(0, 0, 20, 10)], "wbc": [(4, 4, 50, 100)], "platelet": []}
-    assert dropped == 1
-
-
 def test_point_annotations_are_dropped_and_counted_not_fatal(tmp_path, caplog):
     write_rgb(tmp_path / "images" / "a.png", np.full((60, 60, 3), 200, np.uint8))
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "a.xml").write_text(voc_xml([("RBC", 30, 30, 30, 30)], 60, 60))
-    with caplog.at_level(logging.WARNING, logger="smearflow.segeval"):
+    with caplog.at_level(logging.WARNING, logger="smearflow.datasets"):
         result = evaluate_segmentation_dir(tmp_path, StubSegmenter([]))
     assert result["skipped"] == 0 and result["dropped_boxes"] == 1
     assert "degenerate box" in caplog.text
@@ -204,7 +168,7 @@ def test_a_bad_annotation_skips_its_image_naming_the_file(tmp_path, caplog, name
     (tmp_path / "annotations" / name).write_text(text)
     write_rgb(tmp_path / "images" / "good.png", np.full((60, 80, 3), 200, np.uint8))
     (tmp_path / "annotations" / "good.xml").write_text(voc_xml([], 80, 60))
-    with caplog.at_level(logging.WARNING, logger="smearflow.segeval"):
+    with caplog.at_level(logging.WARNING, logger="smearflow.evaluation.segmentation"):
         result = evaluate_segmentation_dir(tmp_path, StubSegmenter([]))
     assert result["images"] == 1 and result["skipped"] == 1
     (skipped,) = result["skipped_files"]
@@ -224,7 +188,7 @@ def test_an_image_without_annotation_or_unreadable_is_skipped(tmp_path):
     result = evaluate_segmentation_dir(tmp_path, StubSegmenter([]))
     errors = {entry["file"].rsplit("/", 1)[-1]: entry["error"] for entry in result["skipped_files"]}
     assert result["images"] == 1 and result["skipped"] == 2
-    assert "no annotation lonely.xml" in errors["lonely.png"]
+    assert "lonely.xml: no annotation for image lonely.png" in errors["lonely.png"]
     assert "garbage.jpg" in errors["garbage.jpg"]
 
 
@@ -238,8 +202,8 @@ def test_mask_problems_skip_their_image(tmp_path):
     result = evaluate_segmentation_dir(tmp_path, StubSegmenter([]))
     errors = {entry["file"].rsplit("/", 1)[-1]: entry["error"] for entry in result["skipped_files"]}
     assert result["images"] == 1 and result["skipped"] == 3
-    assert "mask small.png is 50x40, image is 50x50" in errors["small.png"]
-    assert "no mask nomask.png" in errors["nomask.png"]
+    assert "small.png: mask is 50x40 pixels but its image small.png is 50x50" in errors["small.png"]
+    assert "nomask.png: no mask for image nomask.png" in errors["nomask.png"]
     assert "not single-channel" in errors["rgbmask.png"]
 
 
