@@ -127,14 +127,14 @@ def test_export_field_crops_keeps_to_the_named_subset(tmp_path):
 
 
 def test_export_crops_command_writes_the_tuning_part(tmp_path, monkeypatch):
-    import smearflow.segmentation as segmentation
+    import smearflow.cli
 
     fields = tmp_path / "fields"
     names = [f"f{i}.jpg" for i in range(10)]
     for name in names:
         write_rgb(fields / name, np.full((80, 80, 3), 100, np.uint8))
     (tmp_path / "c.csv").write_text("image,kaggle_wbc_category\n" + "".join(f"{n},NEUTROPHIL\n" for n in names))
-    monkeypatch.setattr(segmentation, "make_segmenter", lambda name, **kwargs: _CellsByBrightness())
+    monkeypatch.setattr(smearflow.cli, "make_segmenter", lambda name, **kwargs: _CellsByBrightness())
     out = tmp_path / "crops"
     args = ["export-crops", str(fields), "--labels", str(tmp_path / "c.csv"), "--out", str(out), "--json"]
     result = CliRunner().invoke(app, args)

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from smearflow.segmentation import DEFAULT_SEGMENTER, make_segmenter, segmenter_help
 from smearflow.commands.common import (
     DatabaseUrl,
     JsonFlag,
@@ -36,6 +37,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+SegmenterOption = Annotated[str, typer.Option(help=segmenter_help())]
+
 
 @app.callback()
 def main_callback(
@@ -210,7 +214,7 @@ def analyze(
     paths: Annotated[list[Path], typer.Argument(help="Slide folders (one folder per slide).")],
     database_url: DatabaseUrl = None,
     model: ModelDir = None,
-    segmenter: Annotated[str, typer.Option(help="classical or unet.")] = "classical",
+    segmenter: SegmenterOption = DEFAULT_SEGMENTER,
     segmentation_model: Annotated[
         Optional[Path], typer.Option(help="U-Net model folder for --segmenter unet.")
     ] = None,
@@ -330,7 +334,7 @@ def demo(
 SubsetOption = Annotated[str, typer.Option(help="heldout, tuning or all (the segmentation hold-out split).")]
 ImageColumn = Annotated[str, typer.Option(help="CSV column with the image file name.")]
 LabelColumn = Annotated[str, typer.Option(help="CSV column with the class.")]
-SegmenterOption = Annotated[str, typer.Option(help="classical or unet.")]
+
 
 
 def _labelled_fields(labels: Path, image_column: str, label_column: str, subset: str):
@@ -360,7 +364,7 @@ def evaluate_fields_command(
     label_column: LabelColumn = "kaggle_wbc_category",
     subset: SubsetOption = "all",
     model: ModelDir = None,
-    segmenter: SegmenterOption = "classical",
+    segmenter: SegmenterOption = DEFAULT_SEGMENTER,
     as_json: JsonFlag = False,
     plots: Annotated[
         Optional[Path], typer.Option("--plots", help="Write confusion_matrix.png (and reliability.png) here.")
@@ -440,14 +444,13 @@ def export_crops_command(
     image_column: ImageColumn = "image",
     label_column: LabelColumn = "kaggle_wbc_category",
     subset: SubsetOption = "tuning",
-    segmenter: SegmenterOption = "classical",
+    segmenter: SegmenterOption = DEFAULT_SEGMENTER,
     as_json: JsonFlag = False,
 ):
     """Write the white-cell crops of labelled fields as a class-folder dataset (for train --extra-data)."""
     from smearflow.config import PipelineConfig
     from smearflow.errors import PermanentError
     from smearflow.fieldeval import export_field_crops
-    from smearflow.segmentation import make_segmenter
 
     wanted, names = _labelled_fields(labels, image_column, label_column, subset)
     try:

@@ -10,36 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from smearflow.segmentation.registry import check_segmenter_name
-
-T = TypeVar("T", bound="SerialisableConfig")
-
-
-class SerialisableConfig:
-    """Mixin: ``to_dict`` / ``from_dict`` for frozen dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__} has no field(s) {unknown}. Received keys: {sorted(data)}")
-        return cls(**{name: _lists_to_tuples(value) for name, value in data.items()})
-
-
-def _lists_to_tuples(value: Any) -> Any:
-    # JSON turns tuples into lists; frozen configs compare and hash as tuples.
-    if isinstance(value, (list, tuple)):
-        return tuple(_lists_to_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _lists_to_tuples(v) for k, v in value.items()}
-    return value
-
+from smearflow.serialisable import SerialisableConfig
 
 @dataclass(frozen=True)
 class CropConfig(SerialisableConfig):
@@ -204,8 +178,9 @@ class PipelineConfig(SerialisableConfig):
 
     Attributes
     ----------
-    segmenter : {"classical", "unet"}
-        Which segmenter finds the cells.
+    segmenter : str
+        Which segmenter finds the cells: a name in
+        ``smearflow.segmentation.SEGMENTERS`` (``classical`` or ``unet``).
     min_visible_fraction : float
         A border cell with less of itself inside the field is counted (by the
         border rule) but not sent to the classifier.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from smearflow.config import PipelineConfig
+from smearflow.segmentation import make_segmenter
 from smearflow.slides import DEFAULT_MAX_FIELDS
 from smearflow.types import FieldResult, SlideInfo, SlideResult
 
@@ -40,7 +41,6 @@ class Analyzer:
     ) -> "Analyzer":
         """Load the classifier (packaged default when ``model_dir`` is None) and the segmenter."""
         from smearflow.classifier.classifier import Classifier
-        from smearflow.segmentation import make_segmenter
 
         segmenter = make_segmenter(
             config.segmenter, rbc_diameter_px=rbc_diameter_px, model_dir=segmentation_model_dir

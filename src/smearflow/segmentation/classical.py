@@ -58,7 +58,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from smearflow.config import SerialisableConfig
+from smearflow.serialisable import SerialisableConfig
 from smearflow.segmentation.base import Segmentation
 from smearflow.segmentation.border import apply_border_rule
 from smearflow.segmentation.colour import blue_minus_green, fit_illumination, foreground_score

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from smearflow.config import SerialisableConfig
+from smearflow.serialisable import SerialisableConfig
 from smearflow.segmentation.colour import Illumination, blue_minus_green, fit_illumination, foreground_score
 from smearflow.segmentation.regions import as_rgb_uint8, disc, fill_small_holes, opened
 

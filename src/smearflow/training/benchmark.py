@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from smearflow.config import SerialisableConfig
+from smearflow.serialisable import SerialisableConfig
 from smearflow.training.architectures import ARCHITECTURES, get_architecture, resolve_weight_files
 from smearflow.training.data import (
     ImageDataset,

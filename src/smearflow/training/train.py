@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from smearflow.config import SerialisableConfig
+from smearflow.serialisable import SerialisableConfig
 from smearflow.training.data import (
     ImageDataset,
     batches,

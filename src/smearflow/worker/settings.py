@@ -21,7 +21,7 @@ Variables (default in brackets):
 ``SMEARFLOW_MODEL_DIR``
     classifier folder; overrides the active model version [unset: the active version, else the packaged model]
 ``SMEARFLOW_SEGMENTER``
-    classical or unet [classical]
+    a segmenter of ``smearflow.segmentation.SEGMENTERS``: classical or unet [classical]
 ``SMEARFLOW_SEGMENTATION_MODEL_DIR``
     U-Net folder of the unet segmenter [unset]
 ``SMEARFLOW_RBC_DIAMETER_PX``
@@ -100,7 +100,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from smearflow.config import SerialisableConfig
+from smearflow.serialisable import SerialisableConfig
 from smearflow.segmentation.registry import check_segmenter_name
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from smearflow.config import SerialisableConfig
+from smearflow.serialisable import SerialisableConfig
 from smearflow.segmentation.unet.network import CHANNELS, UNET_ARCHITECTURES, check_filters
 
 __all__ = ["UNetConfig", "UNetPostprocess", "UNetThresholds", "build_from_config"]

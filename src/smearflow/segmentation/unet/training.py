@@ -33,7 +33,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from smearflow.config import SerialisableConfig
+from smearflow.serialisable import SerialisableConfig
 from smearflow.datasets import dataset_layout, dataset_names, holdout_split, image_files
 from smearflow.errors import BadDatasetError
 from smearflow.imageio import read_rgb
