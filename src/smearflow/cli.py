@@ -340,7 +340,7 @@ LabelColumn = Annotated[str, typer.Option(help="CSV column with the class.")]
 def _labelled_fields(labels: Path, image_column: str, label_column: str, subset: str):
     """The labels read from ``labels`` and the image names of ``subset`` (None: all)."""
     from smearflow.errors import PermanentError
-    from smearflow.fieldeval import read_field_labels
+    from smearflow.datasets import read_field_labels
     from smearflow.datasets import holdout_split
 
     if subset not in ("heldout", "tuning", "all"):
@@ -379,7 +379,7 @@ def evaluate_fields_command(
     from smearflow.commands.training import confusion_table, per_class_table, write_evaluation_plots
     from smearflow.config import PipelineConfig
     from smearflow.errors import PermanentError
-    from smearflow.fieldeval import evaluate_fields
+    from smearflow.evaluation.fields import evaluate_fields
     from smearflow.jobs import Analyzer
 
     wanted, names = _labelled_fields(labels, image_column, label_column, subset)
@@ -450,7 +450,7 @@ def export_crops_command(
     """Write the white-cell crops of labelled fields as a class-folder dataset (for train --extra-data)."""
     from smearflow.config import PipelineConfig
     from smearflow.errors import PermanentError
-    from smearflow.fieldeval import export_field_crops
+    from smearflow.training.field_crops import export_field_crops
 
     wanted, names = _labelled_fields(labels, image_column, label_column, subset)
     try:

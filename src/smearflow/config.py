@@ -7,10 +7,8 @@ benchmark run folder, and be reloaded with no code edits.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from smearflow.segmentation.registry import check_segmenter_name
 from smearflow.serialisable import SerialisableConfig

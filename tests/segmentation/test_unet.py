@@ -13,7 +13,6 @@ from smearflow.segmentation import Segmentation, make_segmenter
 from smearflow.segmentation.unet import (
     CHANNELS,
     UNetConfig,
-    UNetPostprocess,
     UNetSegmenter,
     UNetThresholds,
     build_from_config,

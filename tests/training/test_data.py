@@ -6,7 +6,8 @@ import pytest
 from smearflow_testkit import write_class_folders
 from smearflow.errors import BadDatasetError
 from smearflow.training.augment import augment
-from smearflow.training.data import batches, concatenate_datasets, scan_class_folders, stratified_holdout
+from smearflow.training.data import batches
+from smearflow.datasets import concatenate_datasets, scan_class_folders, stratified_holdout
 
 
 def test_scan_lists_classes_in_sorted_order(tmp_path):
@@ -75,7 +76,7 @@ def test_augment_keeps_shape_and_dtype():
 
 
 def test_stratified_folds_partition_and_depend_on_the_seed():
-    from smearflow.training.data import stratified_folds
+    from smearflow.datasets import stratified_folds
 
     labels = np.repeat([0, 1, 2], [10, 6, 4])
     folds = stratified_folds(labels, 2, seed=1)
@@ -95,7 +96,7 @@ def test_stratified_folds_partition_and_depend_on_the_seed():
 
 
 def test_subset_per_class(tmp_path):
-    from smearflow.training.data import subset_per_class
+    from smearflow.datasets import subset_per_class
 
     write_class_folders(tmp_path, classes=("a", "b"), per_class=6)
     (tmp_path / "b" / "b_5.png").unlink()

@@ -22,7 +22,7 @@ def test_mean_std_and_csv(tmp_path):
 
 
 def test_reliability_plot(tmp_path):
-    from smearflow.training.metrics import expected_calibration_error
+    from smearflow.evaluation.metrics import expected_calibration_error
     from smearflow.training.reports import plot_reliability
 
     calibration = expected_calibration_error(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]))

@@ -90,7 +90,7 @@ def tiny_registry(monkeypatch):
 
 
 def _train_set(tmp_path):
-    from smearflow.training.data import scan_class_folders
+    from smearflow.datasets import scan_class_folders
 
     return scan_class_folders(write_class_folders(tmp_path / "data", per_class=4, size=16))
 
@@ -204,7 +204,8 @@ def test_default_config_is_unchanged():
 def test_batch_norm_recalibration_sets_statistics_of_plain_images(tmp_path):
     import keras
 
-    from smearflow.training.data import batches, scan_class_folders
+    from smearflow.training.data import batches
+    from smearflow.datasets import scan_class_folders
     from smearflow.training.train import recalibrate_batch_norm
 
     dataset = scan_class_folders(write_class_folders(tmp_path / "data", per_class=4, size=32))
@@ -316,7 +317,7 @@ def test_recipe_fields_of_the_train_config_are_validated():
 
 
 def test_training_seeds_share_the_test_and_validation_splits(tmp_path):
-    from smearflow.training.data import scan_class_folders
+    from smearflow.datasets import scan_class_folders
     from smearflow.training.train import split_dataset
 
     dataset = scan_class_folders(write_class_folders(tmp_path / "data", per_class=10, size=8))
@@ -349,7 +350,7 @@ def test_training_fits_the_temperature_on_the_validation_split(tmp_path):
 
 
 def test_a_training_part_too_small_for_a_validation_split_is_refused(tmp_path):
-    from smearflow.training.data import scan_class_folders
+    from smearflow.datasets import scan_class_folders
     from smearflow.training.train import split_dataset
 
     dataset = scan_class_folders(write_class_folders(tmp_path / "data", per_class=2, size=8))

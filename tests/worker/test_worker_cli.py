@@ -96,7 +96,7 @@ def test_enqueue_rejects_a_slide_of_another_patient_unless_reassigned(tmp_path, 
 def test_reconcile_sends_a_slide_whose_lease_expired(tmp_path, run, celery_app, sqlite_url):
     from datetime import timedelta
 
-    from smearflow.db import lifecycle, make_engine, repository, session_factory, session_scope
+    from smearflow.db import lifecycle, make_engine, session_factory, session_scope
 
     run("enqueue", str(write_slide(tmp_path / "S-R")))
     engine = make_engine(sqlite_url)

@@ -9,7 +9,6 @@ and retries use short test settings (seconds, not minutes).
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest

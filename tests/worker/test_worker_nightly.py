@@ -83,7 +83,7 @@ class StubTraining:
 
     def train(self, data_dir, out_dir, config):
         from smearflow.classifier.model_folder import read_model_folder
-        from smearflow.training.data import scan_class_folders
+        from smearflow.datasets import scan_class_folders
 
         test = set(Path(config.test_images).read_text().split())
         dataset = scan_class_folders(data_dir)
@@ -176,7 +176,7 @@ def test_the_gate_avoids_what_the_baseline_saw_and_no_candidate_ever_trains_on_i
     _retrain(db_factory, tmp_path, stub)
     with session_scope(db_factory) as session:
         gate = runs.current_gate_split(session)
-        gate_images, version = set(gate.images), gate.version
+        gate_images = set(gate.images)
     assert gate_images and not gate_images & seen
     (_, _, test_images), = stub.trained
     assert test_images == gate_images  # the candidate's test split is the gate

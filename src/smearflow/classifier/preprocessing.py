@@ -8,7 +8,14 @@ model folder is self-contained and takes raw ``0..255`` pixels.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+from smearflow.errors import BadImageError
+from smearflow.imageio import read_rgb
+
+logger = logging.getLogger(__name__)
 
 
 def resize_rgb(image: np.ndarray, size_px: int) -> np.ndarray:
@@ -37,3 +44,12 @@ def resize_batch(images: np.ndarray, size_px: int) -> np.ndarray:
     for i, image in enumerate(images):
         out[i] = resize_rgb(image, size_px)
     return out
+
+
+def load_resized(path: str, size_px: int) -> np.ndarray | None:
+    """Read one training image at ``size_px``; None (and a log line) when unreadable."""
+    try:
+        return resize_rgb(read_rgb(path), size_px)
+    except BadImageError as error:
+        logger.warning("skipping %s", error)
+        return None

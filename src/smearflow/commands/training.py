@@ -501,7 +501,7 @@ def evaluate_classifier(
     """
     from smearflow.classifier.classifier import Classifier
     from smearflow.errors import SmearflowError
-    from smearflow.training.evaluate import evaluate_classifier as evaluate
+    from smearflow.evaluation.classifier import evaluate_classifier as evaluate
 
     try:
         classifier = Classifier.load(model)

@@ -42,13 +42,7 @@ import numpy as np
 
 from smearflow.serialisable import SerialisableConfig
 from smearflow.training.architectures import ARCHITECTURES, get_architecture, resolve_weight_files
-from smearflow.training.data import (
-    ImageDataset,
-    scan_class_folders,
-    stratified_folds,
-    stratified_holdout,
-    subset_per_class,
-)
+from smearflow.datasets import ImageDataset, scan_class_folders, stratified_folds, stratified_holdout, subset_per_class
 
 logger = logging.getLogger(__name__)
 
@@ -413,7 +407,7 @@ def _run_fold(task, config, classes, train_fold, val_fold, test_set, out_dir, de
     import keras
 
     from smearflow.training.architectures import build_model
-    from smearflow.training.metrics import classification_metrics
+    from smearflow.evaluation.metrics import classification_metrics
     from smearflow.training.reports import plot_confusion_matrix
     from smearflow.training.smote import embed_and_predict, fit_softmax_head
     from smearflow.training.train import HistoryRecorder, fit_classifier
@@ -520,7 +514,7 @@ def write_reports(out_dir: str | Path) -> dict:
     ValueError
         When ``out_dir`` holds no benchmark.
     """
-    from smearflow.training.metrics import classification_metrics
+    from smearflow.evaluation.metrics import classification_metrics
     from smearflow.training.reports import (
         mean_std,
         plot_confusion_matrix,

@@ -59,7 +59,8 @@ def train_default_model(
     ValueError
         When only one of ``field_images`` and ``field_labels`` is given.
     """
-    from smearflow.fieldeval import export_field_crops, read_field_labels
+    from smearflow.training.field_crops import export_field_crops
+    from smearflow.datasets import read_field_labels
     from smearflow.datasets import holdout_split
 
     if (field_images is None) != (field_labels is None):

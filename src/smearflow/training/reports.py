@@ -92,7 +92,7 @@ def plot_reliability(calibration: dict, path: str | Path, title: str) -> Path:
     Parameters
     ----------
     calibration : dict
-        From :func:`smearflow.training.metrics.expected_calibration_error`
+        From :func:`smearflow.evaluation.metrics.expected_calibration_error`
         (``bins``, ``n_bins``, ``ece``).
     path : str or Path
         The PNG to write.

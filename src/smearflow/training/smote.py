@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smearflow.training.data import ImageDataset, batches
+from smearflow.datasets import ImageDataset
+from smearflow.training.data import batches
 
 logger = logging.getLogger(__name__)
 

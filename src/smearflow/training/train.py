@@ -12,13 +12,8 @@ from typing import Any, Callable
 import numpy as np
 
 from smearflow.serialisable import SerialisableConfig
-from smearflow.training.data import (
-    ImageDataset,
-    batches,
-    concatenate_datasets,
-    scan_class_folders,
-    stratified_holdout,
-)
+from smearflow.datasets import ImageDataset, concatenate_datasets, scan_class_folders, stratified_holdout
+from smearflow.training.data import batches
 
 logger = logging.getLogger(__name__)
 
@@ -755,7 +750,7 @@ def calibrate(model, config: TrainConfig, validation_set: ImageDataset | None) -
         recommend_threshold,
         threshold_table,
     )
-    from smearflow.training.metrics import expected_calibration_error, negative_log_likelihood
+    from smearflow.evaluation.metrics import expected_calibration_error, negative_log_likelihood
 
     if validation_set is None or len(validation_set) == 0:
         return {"temperature": 1.0, "test_time_augmentation": config.test_time_augmentation, "fitted_on": None}, {}
@@ -816,7 +811,7 @@ def train_classifier(
 
     from smearflow.classifier.model_folder import write_model_folder
     from smearflow.training.benchmark import machine_description
-    from smearflow.training.metrics import classification_metrics, expected_calibration_error
+    from smearflow.evaluation.metrics import classification_metrics, expected_calibration_error
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def evaluate_model_folder(model_dir: str | Path, data_dir: str | Path, images: l
     Returns
     -------
     dict
-        :func:`smearflow.training.metrics.classification_metrics`, plus
+        :func:`smearflow.evaluation.metrics.classification_metrics`, plus
         ``eval_images``.
 
     Raises
@@ -107,8 +107,8 @@ def evaluate_model_folder(model_dir: str | Path, data_dir: str | Path, images: l
     import numpy as np
 
     from smearflow.classifier.classifier import Classifier
-    from smearflow.training.data import scan_class_folders
-    from smearflow.training.metrics import classification_metrics
+    from smearflow.datasets import scan_class_folders
+    from smearflow.evaluation.metrics import classification_metrics
     from smearflow.training.train import predict_with_classifier
 
     dataset = scan_class_folders(data_dir)
@@ -381,7 +381,7 @@ def _check_dataset(data_dir: str | None):
     PermanentError
         When no dataset is configured, it does not exist, or a class is too small.
     """
-    from smearflow.training.data import scan_class_folders
+    from smearflow.datasets import scan_class_folders
 
     if data_dir is None:
         raise PermanentError("no training dataset is configured (set SMEARFLOW_TRAIN_DATA)")
@@ -414,7 +414,7 @@ def _choose_baseline(session_factory, settings: RetrainSettings, run: _Run, defa
 def _choose_gate(session_factory, settings: RetrainSettings, run: _Run, dataset) -> None:
     """Use the stored gate split, or make a new version when it cannot judge the baseline fairly."""
     from smearflow.db import runs, session_scope, transient_database_errors
-    from smearflow.training.data import stratified_holdout
+    from smearflow.datasets import stratified_holdout
 
     names = [Path(p).relative_to(dataset.root).as_posix() for p in dataset.paths]
     seen = images_seen_by(run.baseline_dir) if run.baseline_dir is not None else set()

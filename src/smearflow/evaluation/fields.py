@@ -9,7 +9,6 @@ microscope, not accuracy on tidy single-cell crops.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from collections import Counter
@@ -17,43 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from smearflow.errors import BadDatasetError, BadImageError
-from smearflow.training.metrics import expected_calibration_error
+from smearflow.errors import BadImageError
+from smearflow.datasets import chosen_names
+from smearflow.evaluation.metrics import expected_calibration_error
 
 logger = logging.getLogger(__name__)
-
-
-def read_field_labels(csv_path: str | Path, image_column: str, label_column: str) -> dict[str, str]:
-    """Map image file name → lower-case class for rows with exactly one class.
-
-    Raises
-    ------
-    BadDatasetError
-        When the file is missing or lacks one of the columns.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise BadDatasetError(f"{csv_path}: label file does not exist")
-    with csv_path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in (image_column, label_column) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise BadDatasetError(f"{csv_path}: missing column(s) {missing}; found {reader.fieldnames}")
-        rows = list(reader)
-    labels = {}
-    for row in rows:
-        value = (row[label_column] or "").strip()
-        if value and "," not in value:
-            labels[row[image_column]] = value.lower()
-    return labels
-
-
-def _chosen_names(images_dir: Path, labels: dict[str, str], names, purpose: str) -> list[str]:
-    """The labelled image names to use (all, or those also in ``names``), sorted; raise when none."""
-    chosen = sorted(labels if names is None else set(names) & set(labels))
-    if not chosen:
-        raise BadDatasetError(f"{images_dir}: no labelled image to {purpose}")
-    return chosen
 
 
 def evaluate_fields(images_dir: str | Path, labels: dict[str, str], analyzer, names=None) -> dict:
@@ -91,7 +58,7 @@ def evaluate_fields(images_dir: str | Path, labels: dict[str, str], analyzer, na
     from smearflow.pipeline import analyze_field
 
     images_dir = Path(images_dir)
-    chosen = _chosen_names(images_dir, labels, names, "evaluate")
+    chosen = chosen_names(images_dir, labels, names, "evaluate")
     per_label: dict[str, Counter] = {}
     agree = classified = no_wbc = skipped = 0
     seconds = []
@@ -190,79 +157,3 @@ def _single_cell_calibration(probabilities: list, labels: list[str], classes) ->
     result = expected_calibration_error(y_true, np.asarray([probabilities[i] for i in keep]))
     result["cells"] = len(keep)
     return result
-
-
-def export_field_crops(
-    images_dir: str | Path, labels: dict[str, str], segmenter, out_dir: str | Path, config=None, names=None
-) -> dict:
-    """Write the white-cell crops of labelled fields as a class-folder dataset.
-
-    A laboratory whose microscope differs from the training images' one
-    (another stain, camera or objective) can label whole fields by the type
-    of their white cell and train on the crops smearflow itself would
-    classify (``smearflow train --extra-data``). Only fields where exactly one
-    white cell is found are used, so that the field's label is that cell's
-    label; the others are counted in ``skipped_fields``. A cell counts here
-    when at least ``config.min_visible_fraction`` of it is inside the field,
-    whether or not the border rule counts it: that rule keeps counts
-    unbiased, while a training crop only needs to show the cell.
-
-    Parameters
-    ----------
-    images_dir : str or Path
-        Folder holding the field images named in ``labels``.
-    labels : dict
-        Image name → class (from :func:`read_field_labels`).
-    segmenter : Segmenter
-        Anything with ``segment(image) -> Segmentation``.
-    out_dir : str or Path
-        Receives ``<class>/<image stem>.png``.
-    config : PipelineConfig, optional
-        Crop geometry and visibility rule; default ``PipelineConfig()``.
-    names : iterable of str, optional
-        Restrict to these image names (the tuning part of a split).
-
-    Returns
-    -------
-    dict
-        ``written`` (class → crops), ``skipped_fields`` (reason → fields).
-
-    Raises
-    ------
-    BadDatasetError
-        When no labelled image is chosen.
-    """
-    from PIL import Image
-
-    from smearflow.config import PipelineConfig
-    from smearflow.imageio import read_rgb
-    from smearflow.segmentation.crops import crop_cells, crop_side_px
-
-    config = config or PipelineConfig()
-    images_dir, out_dir = Path(images_dir), Path(out_dir)
-    chosen = _chosen_names(images_dir, labels, names, "export")
-    written: Counter = Counter()
-    skipped: Counter = Counter()
-    for name in chosen:
-        try:
-            image = read_rgb(images_dir / name)
-        except BadImageError as error:
-            logger.warning("skipping %s", error)
-            skipped["unreadable"] += 1
-            continue
-        segmentation = segmenter.segment(image)
-        wbcs = [
-            cell
-            for cell in segmentation.cells
-            if cell.kind == "wbc" and cell.visible_fraction >= config.min_visible_fraction
-        ]
-        if len(wbcs) != 1:
-            skipped["no white cell" if not wbcs else "several white cells"] += 1
-            continue
-        side_px = crop_side_px(segmentation.rbc_diameter_px, config.crop.crop_side_rbc_diameters)
-        crop = crop_cells(image, wbcs, side_px, config.crop.crop_size_px)[0]
-        folder = out_dir / labels[name]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(crop).save(folder / f"{Path(name).stem}.png")
-        written[labels[name]] += 1
-    return {"written": dict(sorted(written.items())), "skipped_fields": dict(skipped)}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from smearflow.training.metrics import classification_metrics
+from smearflow.evaluation.metrics import classification_metrics
 
 
 def test_against_hand_computed_values():
@@ -47,7 +47,7 @@ def test_average_over_present_classes():
 
 
 def test_expected_calibration_error_by_hand():
-    from smearflow.training.metrics import expected_calibration_error, negative_log_likelihood
+    from smearflow.evaluation.metrics import expected_calibration_error, negative_log_likelihood
 
     # two images at confidence 0.9 (one right), two at 0.6 (both right)
     y_prob = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
@@ -61,7 +61,7 @@ def test_expected_calibration_error_by_hand():
 
 
 def test_expected_calibration_error_validates():
-    from smearflow.training.metrics import expected_calibration_error
+    from smearflow.evaluation.metrics import expected_calibration_error
 
     with pytest.raises(ValueError, match="n_bins must be at least 1. Received: n_bins=0"):
         expected_calibration_error(np.array([0]), np.array([[1.0, 0.0]]), n_bins=0)

@@ -8,7 +8,7 @@ from smearflow_testkit import write_class_folders
 from smearflow.classifier.classifier import Classifier
 from smearflow.cli import app
 from smearflow.errors import BadDatasetError
-from smearflow.training.evaluate import evaluate_classifier
+from smearflow.evaluation.classifier import evaluate_classifier
 
 JSON_KEYS = {
     "accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class", "confusion_matrix", "classes", "images",

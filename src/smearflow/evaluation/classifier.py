@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from smearflow.errors import BadDatasetError
-from smearflow.training.data import load_resized, scan_class_folders
+from smearflow.classifier.preprocessing import load_resized
+from smearflow.datasets import scan_class_folders
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64, 
     -------
     dict
         JSON-ready: the keys of
-        :func:`~smearflow.training.metrics.classification_metrics`
+        :func:`~smearflow.evaluation.metrics.classification_metrics`
         (``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1``,
         ``per_class``, ``confusion_matrix``, ``classes``, ``images`` …), plus
         ``calibration`` (ECE over 15 bins and the reliability table, of the
@@ -65,7 +66,7 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64, 
         When ``batch_size`` < 1.
     """
     from smearflow.imageio import is_image_file
-    from smearflow.training.metrics import classification_metrics, expected_calibration_error
+    from smearflow.evaluation.metrics import classification_metrics, expected_calibration_error
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
