@@ -99,7 +99,8 @@ def test_contract_build_train_step_save_load_segment(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
     folder = write_unet_folder(tmp_path / "unet", model, TINY, metrics={"note": "test"}, splits={"a": {}})
-    assert folder.config == TINY and folder.metrics == {"note": "test"} and folder.splits == {"a": {}}
+    assert folder.config == TINY and folder.metrics == {"note": "test"}
+    assert folder.datasets() == {"a": {"path": None, "layout": None, "train": [], "heldout": []}}
     assert folder.version.startswith("unet-")
     segmenter = UNetSegmenter.load(folder.path, rbc_diameter_px=32)
     single_pass = UNetSegmenter(segmenter.model, dataclasses.replace(TINY, flip_averaging=False))
@@ -221,7 +222,7 @@ def test_the_packaged_default_if_present_is_a_valid_small_model_folder():
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 5 * 1024 * 1024
     packaged = read_unet_folder(folder)
     assert packaged.config.channels == CHANNELS
-    for name, split in packaged.splits.items():
+    for name, split in packaged.datasets().items():
         assert not set(split["train"]) & set(split["heldout"]), name
     segmenter = make_segmenter("unet", rbc_diameter_px=32)
     assert segmenter.folder.path == folder

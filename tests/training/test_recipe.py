@@ -45,8 +45,8 @@ def test_default_recipe_mixes_the_tuning_fields_crops_into_one_training_run(tmp_
         segmenter=_OneWhiteCell(),
     )
     assert folder.path == tmp_path / "run" / "model"
-    assert folder.config["init_model"] is None and folder.config["class_weight"] == "prior"
-    assert folder.config["extra_data"] == str(tmp_path / "run" / "field-crops")
+    assert folder.training["init_model"] is None and folder.training["class_weight"] == "prior"
+    assert folder.training["extra_data"] == str(tmp_path / "run" / "field-crops")
     splits = json.loads((folder.path / "splits.json").read_text())
     tuning, _ = holdout_split(Path(n).stem for n in names)
     assert sorted(Path(n).stem for n in splits["extra"]) == sorted(tuning)
@@ -56,7 +56,7 @@ def test_default_recipe_mixes_the_tuning_fields_crops_into_one_training_run(tmp_
 def test_default_recipe_without_fields_trains_on_the_dataset_alone(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=8, size=32)
     folder = train_default_model(data, tmp_path / "run", config=TINY)
-    assert folder.path == tmp_path / "run" / "model" and folder.config["extra_data"] is None
+    assert folder.path == tmp_path / "run" / "model" and folder.training["extra_data"] is None
 
 
 def test_default_recipe_needs_fields_and_labels_together(tmp_path):

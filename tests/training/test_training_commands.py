@@ -112,7 +112,7 @@ def test_train_command_with_an_architecture(data, tmp_path):
     )
     assert result.exit_code == 0, result.output
     classifier = Classifier.load(out)
-    assert classifier.image_size == 32 and classifier.folder.config["architecture"] == "cnn"
+    assert classifier.image_size == 32 and classifier.folder.config.architecture == "cnn"
     assert classifier.predict_proba(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 3)
     assert (out / "history.csv").read_text().startswith("epoch,stage,")
 

@@ -1,8 +1,10 @@
 """Cell classification: a model folder loaded into a :class:`Classifier`."""
 
-from smearflow.classifier.model_folder import ModelFolder, read_model_folder, write_model_folder
+from smearflow.classifier.model_folder import ClassifierConfig, ClassifierFolder, read_model_folder, write_model_folder
 
-__all__ = ["ModelFolder", "read_model_folder", "write_model_folder", "Classifier", "default_model_dir"]
+__all__ = [
+    "ClassifierConfig", "ClassifierFolder", "read_model_folder", "write_model_folder", "Classifier", "default_model_dir",
+]
 
 
 def __getattr__(name):

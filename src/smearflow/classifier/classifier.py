@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from smearflow.classifier.calibration import Calibration, apply_temperature, tta_views
-from smearflow.classifier.model_folder import ModelFolder, read_model_folder
+from smearflow.classifier.model_folder import ClassifierFolder, read_model_folder
 from smearflow.classifier.preprocessing import resize_batch
 from smearflow.errors import BadModelError
 from smearflow.types import Classification
@@ -31,7 +31,7 @@ class Classifier:
     Parameters
     ----------
     model : keras.Model
-    folder : ModelFolder
+    folder : ClassifierFolder
     calibration : Calibration or dict, optional
         Replaces ``folder.calibration`` (training fits it before the folder
         is written).
@@ -47,7 +47,7 @@ class Classifier:
         Views averaged inside :meth:`predict_proba`.
     """
 
-    def __init__(self, model, folder: ModelFolder, calibration: Calibration | dict | None = None):
+    def __init__(self, model, folder: ClassifierFolder, calibration: Calibration | dict | None = None):
         self.model = model
         self.folder = folder
         self.classes = folder.classes
@@ -63,7 +63,7 @@ class Classifier:
 
     @cached_property
     def version(self) -> str:
-        """``<architecture>-<sha256 prefix of the weights>`` (see :attr:`ModelFolder.version`)."""
+        """``<architecture>-<sha256 prefix of the weights>`` (see :attr:`ClassifierFolder.version`)."""
         return self.folder.version
 
     @classmethod

@@ -1,72 +1,97 @@
-"""A trained classifier is a folder.
+"""A trained classifier is a folder (:mod:`smearflow.model_folder`) with named classes and a calibration.
 
-``model.keras``   the network (architecture and weights, Keras 3 format)
-``config.json``   architecture, input size and training settings
-``classes.json``  ordered class names: output ``i`` of the network is class ``i``
-``metrics.json``  figures measured on the held-out test split
+``model.keras``      the network
+``config.json``      :class:`ClassifierConfig` (architecture, input size,
+                     architecture parameters), and in its ``training``
+                     section the ``TrainConfig`` that made it
+``classes.json``     ordered class names: output ``i`` of the network is class ``i``
+``metrics.json``     figures measured on the held-out test split
+``splits.json``      which images trained, validated and tested it
 ``calibration.json`` (optional) temperature, confidence threshold and
-                  test-time views fitted on a validation split (see
-                  :mod:`smearflow.classifier.calibration`); absent: identity
+                     test-time views fitted on a validation split (see
+                     :mod:`smearflow.classifier.calibration`); absent: identity
 
-Reading and writing these files needs no Keras, so the database, the CLI and
-the worker can inspect a model without loading a deep-learning backend.
+Reading needs no Keras.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smearflow.classifier.calibration import Calibration
 from smearflow.errors import BadModelError
+from smearflow.model_folder import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelFolder,
+    Splits,
+    read_folder,
+    read_json,
+    write_folder,
+)
+from smearflow.serialisable import SerialisableConfig
 
-WEIGHTS_FILE = "model.keras"
-REQUIRED_FILES = ("model.keras", "config.json", "classes.json", "metrics.json")
-REQUIRED_CONFIG_KEYS = ("architecture", "image_size")
 CALIBRATION_FILE = "calibration.json"
+
+__all__ = ["CALIBRATION_FILE", "WEIGHTS_FILE", "ClassifierConfig", "ClassifierFolder", "read_model_folder", "write_model_folder"]
 
 
 @dataclass(frozen=True)
-class ModelFolder:
-    """The parsed, validated contents of a model folder (weights not loaded)."""
+class ClassifierConfig(SerialisableConfig):
+    """What a classifier network is: enough to rebuild it (the weights hold the rest).
 
-    path: Path
-    config: dict[str, Any]
-    classes: tuple[str, ...]
-    metrics: dict[str, Any]
+    Attributes
+    ----------
+    architecture : str
+        A name of ``smearflow.training.architectures.ARCHITECTURES``.
+    image_size : int
+        Input side in pixels.
+    arch_params : dict
+        Architecture options it was built with.
+    """
+
+    architecture: str
+    image_size: int
+    arch_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise ValueError(f"architecture must be a name. Received: architecture={self.architecture!r}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+            raise ValueError(f"image_size must be a positive integer. Received: image_size={self.image_size!r}")
+
+
+@dataclass(frozen=True)
+class ClassifierFolder(ModelFolder[ClassifierConfig]):
+    """A classifier model folder: the generic contents plus its calibration."""
+
     calibration: Calibration = Calibration()
 
     @property
-    def weights_path(self) -> Path:
-        return self.path / WEIGHTS_FILE
-
-    @property
-    def architecture(self) -> str:
-        return str(self.config["architecture"])
-
-    @property
     def image_size(self) -> int:
-        return int(self.config["image_size"])
+        return int(self.config.image_size)
 
     @property
-    def version(self) -> str:
-        """``<architecture>-<first 10 hex of the weights' sha256>``: names what produced a count."""
-        digest = hashlib.sha256(self.weights_path.read_bytes()).hexdigest()[:10]
-        return f"{self.architecture}-{digest}"
+    def training(self) -> dict[str, Any]:
+        """The training settings (``TrainConfig`` fields) that made it; empty when unknown."""
+        return dict(self.metadata.get("training") or {})
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise BadModelError(f"{path}: not valid JSON ({error})") from None
+def _classifier_config(raw: dict[str, Any]) -> ClassifierConfig:
+    missing = [key for key in ("architecture", "image_size") if key not in raw]
+    if missing:
+        raise ValueError(f"missing key(s) {missing}")
+    return ClassifierConfig(raw["architecture"], raw["image_size"], dict(raw.get("arch_params") or {}))
 
 
-def read_model_folder(path: str | Path) -> ModelFolder:
-    """Read and validate a model folder without loading the network.
+def read_model_folder(path: str | Path) -> ClassifierFolder:
+    """Read and validate a classifier model folder without loading the network.
+
+    A folder written by an older smearflow kept its training settings among
+    the config's keys: they are read as the ``training`` section.
 
     Raises
     ------
@@ -75,40 +100,26 @@ def read_model_folder(path: str | Path) -> ModelFolder:
         parse, the config lacks a required key, or the class list is empty
         or has duplicates.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise BadModelError(f"{path}: model folder does not exist")
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
-    if missing:
-        raise BadModelError(f"{path}: model folder is missing {', '.join(missing)}")
-    config = _read_json(path / "config.json")
-    if not isinstance(config, dict):
-        raise BadModelError(f"{path / 'config.json'}: expected a JSON object, got {type(config).__name__}")
-    absent = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
-    if absent:
-        raise BadModelError(f"{path / 'config.json'}: missing key(s) {absent}")
-    classes = _read_json(path / "classes.json")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise BadModelError(f"{path / 'classes.json'}: expected a non-empty list of class names, got {classes!r}")
-    if len(set(classes)) != len(classes):
-        raise BadModelError(f"{path / 'classes.json'}: duplicate class names in {classes}")
-    metrics = _read_json(path / "metrics.json")
-    if not isinstance(metrics, dict):
-        raise BadModelError(f"{path / 'metrics.json'}: expected a JSON object, got {type(metrics).__name__}")
-    return ModelFolder(
-        path=path, config=config, classes=tuple(classes), metrics=metrics, calibration=_read_calibration(path)
-    )
+    folder = read_folder(path, _classifier_config, with_classes=True, metrics_required=True)
+    metadata = dict(folder.metadata)
+    if "training" not in metadata:
+        flat = read_json(folder.path / CONFIG_FILE)
+        own = {f.name for f in dataclasses.fields(ClassifierConfig)} | {"classes", "keras_version", "keras_backend"}
+        metadata["training"] = {k: v for k, v in flat.items() if k not in own} | {
+            "architecture": folder.config.architecture,
+            "image_size": folder.config.image_size,
+            "arch_params": folder.config.arch_params,
+        }
+    fields_of = {f.name: getattr(folder, f.name) for f in dataclasses.fields(ModelFolder)}
+    return ClassifierFolder(**(fields_of | {"metadata": metadata}), calibration=_read_calibration(folder.path))
 
 
 def _read_calibration(path: Path) -> Calibration:
     file = path / CALIBRATION_FILE
     if not file.is_file():
         return Calibration()
-    data = _read_json(file)
-    if not isinstance(data, dict):
-        raise BadModelError(f"{file}: expected a JSON object, got {type(data).__name__}")
     try:
-        return Calibration.from_dict(data)
+        return Calibration.from_dict(read_json(file))
     except ValueError as error:
         raise BadModelError(f"{file}: {error}") from None
 
@@ -117,26 +128,41 @@ def write_model_folder(
     path: str | Path,
     model,
     *,
-    config: dict[str, Any],
+    config: ClassifierConfig | dict[str, Any],
     classes: list[str] | tuple[str, ...],
     metrics: dict[str, Any],
+    training: dict[str, Any] | None = None,
+    splits: Splits | None = None,
     calibration: dict[str, Any] | None = None,
-) -> ModelFolder:
-    """Save a Keras model with its config, classes, metrics and (optionally) calibration as a model folder."""
+) -> ClassifierFolder:
+    """Save a Keras model with its config, classes, metrics, splits and (optionally) calibration.
+
+    ``config`` may be a plain dict (``architecture``, ``image_size``, ``arch_params``).
+
+    Raises
+    ------
+    ValueError
+        When a dict ``config`` lacks ``architecture`` or ``image_size``.
+    """
+    import json
+
     import keras
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if getattr(model, "optimizer", None) is not None and isinstance(model, keras.Model) and model.inputs:
-        # An uncompiled view of the same layers: the file holds weights, not
-        # optimizer state, which would triple its size and serve no inference.
-        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-        outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
-        model = keras.Model(inputs, outputs, name=model.name)
-    model.save(path / WEIGHTS_FILE)
-    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (path / "classes.json").write_text(json.dumps(list(classes), indent=2) + "\n")
-    (path / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if isinstance(config, dict):
+        config = _classifier_config(config)
+
+    def save(weights_path: Path) -> None:
+        network = model
+        if getattr(network, "optimizer", None) is not None and isinstance(network, keras.Model) and network.inputs:
+            # An uncompiled view of the same layers: the file holds weights, not
+            # optimizer state, which would triple its size and serve no inference.
+            inputs = network.inputs[0] if len(network.inputs) == 1 else network.inputs
+            outputs = network.outputs[0] if len(network.outputs) == 1 else network.outputs
+            network = keras.Model(inputs, outputs, name=network.name)
+        network.save(weights_path)
+
+    metadata = {"training": training or {}, "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
+    path = write_folder(path, save, config, classes=classes, metrics=metrics, splits=splits, metadata=metadata)
     if calibration is not None:
         (path / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2, sort_keys=True) + "\n")
     return read_model_folder(path)

@@ -42,7 +42,7 @@ def evaluate_heldout(folder: UNetModelFolder) -> dict[str, Any]:
     BadDatasetError
         When a dataset folder is gone or unusable.
     """
-    splits = folder.splits or {}
+    splits = folder.datasets()
     diameters = folder.training.get("mask_rbc_diameter_px_used", {})
     estimated = UNetSegmenter.load(folder.path)
     heldout: dict[str, Any] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -11,6 +10,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from smearflow.classifier.model_folder import ClassifierConfig, ClassifierFolder, write_model_folder
+from smearflow.model_folder import Splits, read_splits
 from smearflow.serialisable import SerialisableConfig
 from smearflow.datasets import ImageDataset, concatenate_datasets, scan_class_folders, stratified_holdout
 from smearflow.training.data import batches
@@ -589,13 +590,10 @@ def initial_model(config: TrainConfig, classes: tuple[str, ...], test_set: Image
 def images_trained_on(model_dir: str | Path) -> set[str] | None:
     """Dataset-relative names of every image that trained a model, earlier stages included.
 
-    None when the folder has no ``splits.json`` (the model's history is unknown).
+    None when the folder has no ``splits.json``, or its history is unknown.
     """
-    path = Path(model_dir) / "splits.json"
-    if not path.is_file():
-        return None
-    splits = json.loads(path.read_text())
-    return set(splits.get("train", ())) | set(splits.get("earlier_train", ()))
+    splits = read_splits(model_dir)
+    return None if splits is None else splits.trained_on()
 
 
 def check_not_trained_on(model_dir: str | Path, test_set: ImageDataset) -> None:
@@ -633,32 +631,36 @@ def extra_training_images(config: TrainConfig, classes: tuple[str, ...]) -> Imag
     return extra.subset(np.repeat(np.arange(len(extra)), config.extra_repeat))
 
 
-def write_splits(
-    out_dir: Path,
+def make_splits(
     config: TrainConfig,
     train_set: ImageDataset,
     test_set: ImageDataset,
     extra,
     validation_set: ImageDataset | None = None,
-) -> None:
-    """Record which images trained, validated and tested the model, for anyone to check for leaks."""
-    splits = {
-        "seed": config.splits_seed,
-        "classes": list(train_set.classes),
-        "train": _relative_names(train_set),
-        "test": _relative_names(test_set),
-    }
-    if validation_set is not None:
-        splits["validation"] = _relative_names(validation_set)
+) -> Splits:
+    """Which images trained, validated and tested the model, for anyone to check for leaks."""
+    details: dict[str, Any] = {"seed": config.splits_seed, "classes": list(train_set.classes)}
+    earlier: tuple[str, ...] | None = ()
     if extra is not None:
-        splits["extra_data"] = str(config.extra_data)
-        splits["extra"] = sorted(set(_relative_names(extra)))
+        details["extra_data"] = str(config.extra_data)
     if config.init_model is not None:
-        earlier = images_trained_on(config.init_model)
-        splits["init_model"] = str(config.init_model)
+        details["init_model"] = str(config.init_model)
+        trained = images_trained_on(config.init_model)
         # Only what this run's lists lack, so the record stays small when the split is the same.
-        splits["earlier_train"] = None if earlier is None else sorted(earlier - set(splits["train"]))
-    (out_dir / "splits.json").write_text(json.dumps(splits))
+        earlier = None if trained is None else tuple(sorted(trained - set(_relative_names(train_set))))
+    return Splits(
+        train=tuple(_relative_names(train_set)),
+        validation=tuple(_relative_names(validation_set)) if validation_set is not None else (),
+        test=tuple(_relative_names(test_set)),
+        earlier_train=earlier,
+        extra=tuple(sorted(set(_relative_names(extra)))) if extra is not None else (),
+        details=details,
+    )
+
+
+def classifier_config(config: TrainConfig) -> ClassifierConfig:
+    """What the network of a training run is (``config.json``); the run's settings go to its ``training`` section."""
+    return ClassifierConfig(config.architecture, config.image_size, dict(config.arch_params))
 
 
 def listed_holdout(dataset: ImageDataset, list_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -726,9 +728,8 @@ THRESHOLD_TARGET_ACCURACY = 0.995
 def in_memory_classifier(model, config: TrainConfig, classes, calibration: dict | None = None):
     """A :class:`~smearflow.classifier.Classifier` around a model still in memory (before its folder is written)."""
     from smearflow.classifier.classifier import Classifier
-    from smearflow.classifier.model_folder import ModelFolder
 
-    folder = ModelFolder(Path("."), {"architecture": config.architecture, "image_size": config.image_size}, classes, {})
+    folder = ClassifierFolder(Path("."), classifier_config(config), classes=tuple(classes))
     return Classifier(model, folder, calibration=calibration or {})
 
 
@@ -809,7 +810,6 @@ def train_classifier(
     """
     import keras
 
-    from smearflow.classifier.model_folder import write_model_folder
     from smearflow.training.benchmark import machine_description
     from smearflow.evaluation.metrics import classification_metrics, expected_calibration_error
 
@@ -821,7 +821,7 @@ def train_classifier(
     train_set, validation_set, test_set = split_dataset(dataset, config)
     model = initial_model(config, dataset.classes, test_set)
     extra = extra_training_images(config, dataset.classes)
-    write_splits(out_dir, config, train_set, test_set, extra, validation_set)
+    splits = make_splits(config, train_set, test_set, extra, validation_set)
     fit_set = train_set if extra is None else concatenate_datasets(train_set, extra)
     history = HistoryRecorder()
     callbacks = []
@@ -854,7 +854,7 @@ def train_classifier(
     metrics["bn_recalibration_images"] = fitted["bn_recalibration_images"]
     if fitted["weights_loaded"]:
         metrics["weights_loaded"] = fitted["weights_loaded"]
-    model_config = config.to_dict() | {"classes": list(dataset.classes), "keras_version": keras.__version__}
     return write_model_folder(
-        out_dir, model, config=model_config, classes=dataset.classes, metrics=metrics, calibration=calibration
+        out_dir, model, config=classifier_config(config), training=config.to_dict(), classes=dataset.classes,
+        metrics=metrics, splits=splits, calibration=calibration,
     )

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from smearflow.errors import BadModelError, PermanentError
+from smearflow.model_folder import read_splits
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +130,8 @@ def evaluate_model_folder(model_dir: str | Path, data_dir: str | Path, images: l
 
 def images_seen_by(model_dir: str | Path) -> set[str] | None:
     """Images (``class/file``) that trained or validated a model, from its ``splits.json``; None when unknown."""
-    import json
-
-    path = Path(model_dir) / "splits.json"
-    if not path.is_file():
-        return None
-    splits = json.loads(path.read_text())
-    return {name for key in ("train", "earlier_train", "validation") for name in (splits.get(key) or ())}
+    splits = read_splits(model_dir)
+    return None if splits is None else splits.seen()
 
 
 @dataclass(frozen=True)

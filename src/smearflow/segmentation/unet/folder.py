@@ -13,15 +13,25 @@ The packaged default lives in ``default_model/`` beside this module.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 
 from smearflow.errors import BadModelError
+from smearflow.model_folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SPLITS_FILE,
+    WEIGHTS_FILE,
+    ModelFolder,
+    Splits,
+    read_folder,
+    update_metrics,
+    write_folder,
+)
 from smearflow.segmentation.unet.config import UNetConfig, build_from_config
 from smearflow.segmentation.unet.network import UNET_ARCHITECTURES
 
@@ -42,42 +52,33 @@ __all__ = [
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 """The packaged model folder used when no ``model_dir`` is given."""
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-SPLITS_FILE = "splits.json"
-REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE)
-_CONFIG_METADATA_KEYS = ("training", "keras_version", "keras_backend")
+MODEL_FILE = WEIGHTS_FILE
 
 
 @dataclass(frozen=True)
-class UNetModelFolder:
-    """The parsed, validated contents of a U-Net model folder (weights not loaded)."""
-
-    path: Path
-    config: UNetConfig
-    metrics: dict[str, Any] = field(default_factory=dict)
-    splits: dict[str, Any] | None = None
-    training: dict[str, Any] = field(default_factory=dict)
+class UNetModelFolder(ModelFolder[UNetConfig]):
+    """A U-Net model folder (:mod:`smearflow.model_folder`) with its training section."""
 
     @property
-    def weights_path(self) -> Path:
-        return self.path / MODEL_FILE
+    def training(self) -> dict[str, Any]:
+        """How it was trained (the ``training`` section of ``config.json``)."""
+        return dict(self.metadata.get("training") or {})
 
-    @property
-    def version(self) -> str:
-        """``<architecture>-<first 10 hex of the weights' sha256>``."""
-        digest = hashlib.sha256(self.weights_path.read_bytes()).hexdigest()[:10]
-        return f"{self.config.architecture}-{digest}"
+    def datasets(self) -> dict[str, dict[str, Any]]:
+        """Per dataset it trained on: ``path``, ``layout``, ``train`` and ``heldout`` image names."""
+        return datasets_of(self.splits)
 
 
-def _read_json(path: Path) -> Any:
+def _unet_config(raw: dict[str, Any]) -> UNetConfig:
+    if raw.get("architecture") not in UNET_ARCHITECTURES:
+        raise ValueError(
+            f"not a U-Net segmentation model: architecture={raw.get('architecture')!r}, "
+            f"expected one of {sorted(UNET_ARCHITECTURES)}"
+        )
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise BadModelError(f"{path}: not valid JSON ({error})") from None
-    except OSError as error:
-        raise BadModelError(f"{path}: unreadable ({error})") from None
+        return UNetConfig.from_dict(raw)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"invalid U-Net config: {error}") from None
 
 
 def read_unet_folder(path: str | Path) -> UNetModelFolder:
@@ -99,33 +100,9 @@ def read_unet_folder(path: str | Path) -> UNetModelFolder:
         parse, or ``config.json`` is not a valid :class:`UNetConfig` (the
         message names the file).
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise BadModelError(f"{path}: U-Net model folder does not exist")
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
-    if missing:
-        raise BadModelError(f"{path}: U-Net model folder is missing {', '.join(missing)}")
-    raw = _read_json(path / CONFIG_FILE)
-    if not isinstance(raw, dict):
-        raise BadModelError(f"{path / CONFIG_FILE}: expected a JSON object, got {type(raw).__name__}")
-    if raw.get("architecture") not in UNET_ARCHITECTURES:
-        raise BadModelError(
-            f"{path / CONFIG_FILE}: not a U-Net segmentation model: architecture={raw.get('architecture')!r}, "
-            f"expected one of {sorted(UNET_ARCHITECTURES)}"
-        )
-    training = raw.get("training") or {}
-    settings = {k: v for k, v in raw.items() if k not in _CONFIG_METADATA_KEYS}
-    try:
-        config = UNetConfig.from_dict(settings)
-    except (TypeError, ValueError) as error:
-        raise BadModelError(f"{path / CONFIG_FILE}: invalid U-Net config: {error}") from None
-    metrics: dict[str, Any] = {}
-    if (path / METRICS_FILE).is_file():
-        metrics = _read_json(path / METRICS_FILE)
-        if not isinstance(metrics, dict):
-            raise BadModelError(f"{path / METRICS_FILE}: expected a JSON object, got {type(metrics).__name__}")
-    splits = _read_json(path / SPLITS_FILE) if (path / SPLITS_FILE).is_file() else None
-    return UNetModelFolder(path=path, config=config, metrics=metrics, splits=splits, training=dict(training))
+    folder = read_folder(path, _unet_config, what="U-Net model folder")
+    contents = {f.name: getattr(folder, f.name) for f in dataclasses.fields(ModelFolder)}
+    return UNetModelFolder(**(contents | {"splits": _per_dataset_form_read(folder.splits)}))
 
 
 def write_unet_folder(
@@ -134,7 +111,7 @@ def write_unet_folder(
     config: UNetConfig,
     *,
     metrics: dict[str, Any] | None = None,
-    splits: dict[str, Any] | None = None,
+    splits: dict[str, dict[str, Any]] | None = None,
     training: dict[str, Any] | None = None,
 ) -> UNetModelFolder:
     """Save a network with its config (and metrics, splits) as a U-Net model folder.
@@ -149,28 +126,27 @@ def write_unet_folder(
     model : keras.Model
         A network built by :func:`build_from_config` for ``config``.
     config : UNetConfig
-    metrics, splits, training : dict, optional
-        Written to ``metrics.json``, ``splits.json`` and the ``training``
-        section of ``config.json``.
+    metrics : dict, optional
+        Written to ``metrics.json``.
+    splits : dict, optional
+        Per dataset key: ``path``, ``layout``, ``train`` and ``heldout`` image names.
+    training : dict, optional
+        The ``training`` section of ``config.json``.
 
     Returns
     -------
     UNetModelFolder
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    clean = build_from_config(config)
-    clean.set_weights(model.get_weights())
-    clean.save(path / MODEL_FILE)
-    document = config.to_dict() | {
-        "training": training or {},
-        "keras_version": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-    }
-    (path / CONFIG_FILE).write_text(_json_text(document))
-    (path / METRICS_FILE).write_text(_json_text(metrics or {}))
-    if splits is not None:
-        (path / SPLITS_FILE).write_text(_json_text(splits))
+
+    def save(weights_path: Path) -> None:
+        clean = build_from_config(config)
+        clean.set_weights(model.get_weights())
+        clean.save(weights_path)
+
+    metadata = {"training": training or {}, "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
+    write_folder(
+        path, save, config, metrics=metrics, splits=unet_splits(splits) if splits is not None else None, metadata=metadata
+    )
     return read_unet_folder(path)
 
 
@@ -182,8 +158,41 @@ def update_unet_metrics(folder: UNetModelFolder, metrics: dict[str, Any]) -> UNe
     UNetModelFolder
         The folder read again.
     """
-    (folder.path / METRICS_FILE).write_text(_json_text(folder.metrics | metrics))
+    update_metrics(folder, metrics)
     return read_unet_folder(folder.path)
+
+
+def unet_splits(per_dataset: dict[str, dict[str, Any]]) -> Splits:
+    """The :class:`~smearflow.model_folder.Splits` of a U-Net: names are ``<dataset key>/<image name>``."""
+    return Splits(
+        train=tuple(f"{key}/{name}" for key, split in per_dataset.items() for name in split.get("train", ())),
+        test=tuple(f"{key}/{name}" for key, split in per_dataset.items() for name in split.get("heldout", ())),
+        details={
+            "datasets": {key: {"path": s.get("path"), "layout": s.get("layout")} for key, s in per_dataset.items()}
+        },
+    )
+
+
+def datasets_of(splits: Splits | None) -> dict[str, dict[str, Any]]:
+    """Per dataset key: ``path``, ``layout``, ``train`` and ``heldout`` names (inverse of :func:`unet_splits`)."""
+    if splits is None:
+        return {}
+    result = {key: dict(info, train=[], heldout=[]) for key, info in (splits.details.get("datasets") or {}).items()}
+    for part, names in (("train", splits.train), ("heldout", splits.test)):
+        for name in names:
+            key, image = name.split("/", 1)
+            result[key][part].append(image)
+    return result
+
+
+def _per_dataset_form_read(splits: Splits | None) -> Splits | None:
+    """Older versions wrote ``splits.json`` per dataset key (``{key: {path, layout, train, heldout}}``)."""
+    details = splits.details if splits is not None else {}
+    if splits is None or splits.train or splits.test or not details:
+        return splits
+    if all(isinstance(v, dict) and {"path", "layout", "train", "heldout"} <= set(v) for v in details.values()):
+        return unet_splits(details)
+    return splits
 
 
 def packaged_model_dir() -> Path:
@@ -200,10 +209,6 @@ def packaged_model_dir() -> Path:
             "--segmentation-model DIR (model_dir=...) or train one with 'smearflow train-segmentation'"
         )
     return DEFAULT_MODEL_DIR
-
-
-def _json_text(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def load_network(folder: UNetModelFolder):
