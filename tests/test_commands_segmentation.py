@@ -98,10 +98,14 @@ def trained(data):
 def test_train_segmentation_writes_a_model_folder_with_honest_splits_and_heldout_metrics(trained):
     out, result = trained
     assert {"model.keras", "config.json", "metrics.json", "splits.json"} <= {p.name for p in out.iterdir()}
-    splits = json.loads((out / "splits.json").read_text())
-    assert set(splits) == {"dataset1", "bccd"}
-    for split in splits.values():
+    from smearflow.segmentation.unet import read_unet_folder
+
+    datasets = read_unet_folder(out).datasets()
+    assert set(datasets) == {"dataset1", "bccd"}
+    for split in datasets.values():
         assert split["heldout"] and not set(split["train"]) & set(split["heldout"])
+    splits = json.loads((out / "splits.json").read_text())  # one typed splits.json, as for a classifier
+    assert not set(splits["train"]) & set(splits["test"]) and splits["test"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["heldout_images"] == {"dataset1": 2, "bccd": 2}
     assert metrics["heldout"]["dataset1"]["layout"] == "masks"
