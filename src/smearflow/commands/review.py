@@ -98,7 +98,7 @@ def report(
                 data = load_slide_report(session, slide_id, config)
             path = write_slide_report(data, out)
     except LookupError as error:
-        raise fail(str(error).strip("'\"")) from None
+        raise fail(str(error)) from None
     except OSError as error:
         raise fail(f"cannot write the report into {out}: {error}") from None
     stdout_console().print(f"wrote {path}", highlight=False)

@@ -287,7 +287,7 @@ def create_app(
             try:
                 return function(session, *args, **kwargs)
             except LookupError as error:
-                raise Refused(404, str(error).strip("'\"")) from None
+                raise Refused(404, str(error)) from None
             except repo.ReviewConflictError as error:
                 raise Refused(409, str(error)) from None
             except ValueError as error:

@@ -8,8 +8,9 @@ holds them). ``OUT/verified-manifest.csv`` lists each crop with its slide,
 cell, model class, final class and who verified it when.
 
 Each export replaces the ``verified-*.png`` files of the previous one (a cell
-reopened and reclassified moves folders; nothing else in ``OUT`` is touched),
-so ``OUT`` can be given to training as ``extra_data`` again and again.
+reopened and reclassified moves folders) and removes class folders it leaves
+empty; nothing else in ``OUT`` is touched, so ``OUT`` can be given to
+training as ``extra_data`` again and again.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def export_verified(
             f"{cell.final_label}/{name}", item.slide_id, cell.field_name, cell.id, cell.label, cell.final_label,
             cell.reviewed_by or "", item.verified_by, item.verified_at.isoformat(),
         ])
+    _remove_empty_class_folders(out_dir)
     with (out_dir / MANIFEST).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "slide_id", "field", "cell_id", "model_class", "class", "reviewed_by",
@@ -136,6 +138,13 @@ def export_verified(
 def _check_folder(path: Path) -> None:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise ValueError(f"{path}: must be a folder, not a link or a file")
+
+
+def _remove_empty_class_folders(out_dir: Path) -> None:
+    # Training refuses a class folder without an image; an export can empty one (a cell moved class).
+    for class_dir in out_dir.iterdir():
+        if class_dir.is_dir() and not class_dir.is_symlink() and not any(class_dir.iterdir()):
+            class_dir.rmdir()
 
 
 def _remove_previous(out_dir: Path) -> int:
