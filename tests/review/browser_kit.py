@@ -65,8 +65,10 @@ def chromium(profile_dir, width: int = 1280, height: int = 1000):
         driver.quit()
 
 
-def full_page_screenshot(driver, path, width: int = 1280) -> None:
-    """Resize the window to the page's height and save a PNG of all of it."""
+def full_page_screenshot(driver, path, width: int = 1280, max_height: int = 6000) -> None:
+    """Resize the window to the page's height (at most ``max_height``) and save a PNG from the top of the page."""
+    driver.set_window_size(width, 600)  # the document is at least as high as the window: start small
     height = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
-    driver.set_window_size(width, min(int(height) + 40, 6000))
+    driver.set_window_size(width, min(int(height) + 40, max_height))
+    driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(path))

@@ -27,6 +27,8 @@ def _wait_for_text(driver, element_id, text, timeout_s=20):
 
 def test_a_reviewer_reclassifies_cells_by_click_and_key_and_signs_off(sqlite_review_db, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.ui import WebDriverWait
 
     _, factory = sqlite_review_db
     store_review_slide(factory, tmp_path / "inbox", notes="<script>alert('notes')</script>")
@@ -41,6 +43,7 @@ def test_a_reviewer_reclassifies_cells_by_click_and_key_and_signs_off(sqlite_rev
         name = driver.find_element(By.ID, "reviewer-name")
         name.send_keys("Ann")
         name.submit()
+        WebDriverWait(driver, 20).until(staleness_of(name))  # the page came back with the reviewer set
         _wait_for_text(driver, "current-count-neutrophil", "3")
         assert driver.find_element(By.ID, "reviewer-name").get_attribute("value") == "Ann"
 
@@ -59,7 +62,9 @@ def test_a_reviewer_reclassifies_cells_by_click_and_key_and_signs_off(sqlite_rev
         _wait_for_text(driver, "current-count-monocyte", "0")
 
         # the page shows what the database holds after a reload, then the slide is signed off
+        state = driver.find_element(By.ID, "state")
         driver.refresh()
+        WebDriverWait(driver, 20).until(staleness_of(state))
         _wait_for_text(driver, "current-count-neutrophil", "2")
         driver.find_element(By.ID, "verify").click()
         _wait_for_text(driver, "state", "verified")
