@@ -151,7 +151,7 @@ def test_the_api_gives_the_slide_result_schema(client):
     "path, status",
     [
         ("/slides/nope", 404), ("/api/slides/nope", 404), ("/patients/nobody", 404), ("/patients/nobody/history.png", 404),
-        ("/?status=bogus", 400), ("/agreement?since=yesterday", 400), ("/api/agreement?since=2026-13-01", 400),
+        ("/?status=bogus", 400), ("/api/slides?status=bogus", 400), ("/agreement?since=yesterday", 400), ("/api/agreement?since=2026-13-01", 400),
         ("/slides/" + "x" * 200, 404), ("/slides/S-R1/cells/abc.png", 422),
     ],
 )

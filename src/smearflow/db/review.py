@@ -414,6 +414,17 @@ def slide_fields(session: Session, slide_code: str) -> list[Field]:
     return list(session.scalars(select(Field).where(Field.slide_id == slide.id).order_by(Field.id)))
 
 
+def slide_folder(session: Session, slide_code: str) -> str | None:
+    """Where a slide's field images are now (``slides.folder``).
+
+    Raises
+    ------
+    LookupError
+        When no slide is registered as ``slide_code``.
+    """
+    return _slide(session, slide_code).folder
+
+
 def get_cell(session: Session, slide_code: str, cell_id: int) -> ReviewCell:
     """One cell of a slide.
 
@@ -431,8 +442,12 @@ def get_cell(session: Session, slide_code: str, cell_id: int) -> ReviewCell:
     return _review_cell(*row)
 
 
-def _slide(session: Session, slide_code: str) -> Slide:
-    slide = session.scalars(select(Slide).where(Slide.slide_code == slide_code)).first()
+def _slide(session: Session, slide_code: str, *, lock: bool = False) -> Slide:
+    query = select(Slide).where(Slide.slide_code == slide_code)
+    if lock:
+        # Changes and sign-offs of one slide take its row in turn: a sign-off never misses a change.
+        query = query.with_for_update()
+    slide = session.scalars(query).first()
     if slide is None:
         raise LookupError(f"No slide is registered under slide_code={slide_code!r}")
     return slide
@@ -483,7 +498,7 @@ def review_cell(
     """
     label = check_review_label(label)
     reviewer = check_reviewer(reviewer)
-    slide = _slide(session, slide_code)
+    slide = _slide(session, slide_code, lock=True)
     row = session.execute(
         select(Cell, Field)
         .join(Field, Cell.field_id == Field.id)
@@ -541,7 +556,7 @@ def sign_off(
         When the slide is already verified, or is not ``done`` or ``partial``.
     """
     reviewer = check_reviewer(reviewer)
-    slide = _slide(session, slide_code)
+    slide = _slide(session, slide_code, lock=True)
     if slide.status not in REVIEWABLE_STATUSES:
         raise ReviewConflictError(
             f"slide {slide_code} is {slide.status}: only a done or partial slide can be signed off"
@@ -568,7 +583,7 @@ def reopen(
         When the slide is not verified.
     """
     reviewer = check_reviewer(reviewer)
-    slide = _slide(session, slide_code)
+    slide = _slide(session, slide_code, lock=True)
     if not _is_verified(session, slide):
         raise ReviewConflictError(f"slide {slide_code} is not verified: there is nothing to reopen")
     return _add_signoff(session, slide, "reopened", reviewer, {}, note, now)

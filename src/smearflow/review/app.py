@@ -59,6 +59,8 @@ AUTH_COOKIE = "smearflow_auth"
 REVIEWER_COOKIE = "smearflow_reviewer"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_ID_LENGTH = 128
+MAX_LISTED = 1000
+"""Most slides the slide list shows at once (filter by status or patient for the others)."""
 KEYS = {str(i + 1): label for i, label in enumerate(WBC_CLASSES)} | {"a": "artefact"}
 """Keyboard: 1-8 give the PBC classes in order, ``a`` marks an artefact."""
 
@@ -332,19 +334,28 @@ def create_app(
             "state": stored.differential,
         }
 
-    @app.get("/", response_class=HTMLResponse)
-    def slides_page(request: Request, status: str | None = None, patient: str | None = None):
+    def check_status(status: str | None) -> str | None:
         from smearflow.db.models import SLIDE_STATUSES
 
         if status and status not in SLIDE_STATUSES:
             raise Refused(400, f"status must be one of {list(SLIDE_STATUSES)}. Received: status={status!r}")
+        return status or None
+
+    @app.get("/", response_class=HTMLResponse)
+    def slides_page(request: Request, status: str | None = None, patient: str | None = None):
+        from smearflow.db.models import SLIDE_STATUSES
+
+        status = check_status(status)
         if patient:
             _check_id(patient, "patient")
         rows, patients = in_session(lambda s: (
             [from_stored(x, config) for x in repo.stored_slides(
-                s, status=status or None, patient_code=patient or None, uncertain_below=config.uncertain_below)],
+                s, status=status, patient_code=patient or None, uncertain_below=config.uncertain_below,
+                limit=MAX_LISTED + 1)],
             repo.patients(s),
         ))
+        more = len(rows) > MAX_LISTED
+        rows = rows[:MAX_LISTED]
         by_status: dict[str, list] = {}
         for row in rows:
             by_status.setdefault(row["status"], []).append(row)
@@ -352,6 +363,7 @@ def create_app(
         return page(request, "slides.html", {
             "groups": [(s, by_status[s]) for s in order if s in by_status],
             "statuses": SLIDE_STATUSES, "status": status or "", "patient": patient or "", "patients": patients,
+            "more": more, "max_listed": MAX_LISTED,
         })
 
     @app.get("/slides/{slide_id}", response_class=HTMLResponse)
@@ -371,8 +383,7 @@ def create_app(
 
         def load(session):
             cell = repo.get_cell(session, slide_id, cell_id)
-            stored = repo.stored_slide(session, slide_id)
-            return cell, stored.folder, repo.rbc_diameters_px(session, [cell.field_id]).get(cell.field_id)
+            return cell, repo.slide_folder(session, slide_id), repo.rbc_diameters_px(session, [cell.field_id]).get(cell.field_id)
 
         cell, folder, diameter = in_session(load)
         try:
@@ -393,7 +404,7 @@ def create_app(
             if field_id not in fields:
                 raise LookupError(f"slide {slide_id} has no field {field_id}")
             cells = [c for c in repo.slide_cells(session, slide_id) if c.field_id == field_id]
-            return fields[field_id].name, repo.stored_slide(session, slide_id).folder, cells
+            return fields[field_id].name, repo.slide_folder(session, slide_id), cells
 
         name, folder, cells = in_session(load)
         try:
@@ -422,6 +433,7 @@ def create_app(
 
     @app.get("/api/slides")
     def api_slides(status: str | None = None, patient: str | None = None):
+        status = check_status(status)
         stored = in_session(repo.stored_slides, status=status, patient_code=patient, uncertain_below=config.uncertain_below)
         return [from_stored(s, config) for s in stored]
 
