@@ -231,7 +231,6 @@ def create_app(
         html = templates.get_template(name).render(
             csrf=request.state.csrf,
             reviewer=reviewer_of(request),
-            token_required=bool(token),
             path=request.url.path,
             **context,
         )
