@@ -32,6 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from browser_kit import chromium, full_page_screenshot, running_station
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
@@ -61,7 +62,9 @@ def main() -> None:
             WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "state").text == "in review")
             full_page_screenshot(driver, args.out / "review-slide.png")
             driver.find_element(By.ID, "verify").click()
-            WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "state").text == "verified")
+            WebDriverWait(driver, 20, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+                lambda d: d.find_element(By.ID, "state").text == "verified"
+            )
             driver.get(f"{base}/")
             full_page_screenshot(driver, args.out / "review-slides.png")
             driver.get(f"{base}/agreement")

@@ -127,6 +127,9 @@ def test_review_works_after_the_folder_moved_to_done_and_says_when_an_image_is_g
     missing = client.get(f"/slides/S-R1/cells/{cell}.png", headers={"Accept": "application/json"})
     assert missing.status_code == 404 and "crop not available" in missing.json()["detail"]
     assert "field_01.png" in missing.json()["detail"]
+    field_id = int(re.search(r'/fields/(\d+)\.png">field_01.png', client.get("/slides/S-R1").text).group(1))
+    field = client.get(f"/slides/S-R1/fields/{field_id}.png", headers={"Accept": "application/json"})
+    assert field.status_code == 404 and "field image not available" in field.json()["detail"]
     assert client.get("/slides/S-R1").status_code == 200
 
 

@@ -19,10 +19,14 @@ pytestmark = [
 
 
 def _wait_for_text(driver, element_id, text, timeout_s=20):
+    """Wait until the element shows ``text``; across a page load the old page's element goes stale: look again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout_s).until(lambda d: d.find_element(By.ID, element_id).text == text)
+    WebDriverWait(driver, timeout_s, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        lambda d: d.find_element(By.ID, element_id).text == text
+    )
 
 
 def test_a_reviewer_reclassifies_cells_by_click_and_key_and_signs_off(sqlite_review_db, tmp_path):
@@ -56,7 +60,7 @@ def test_a_reviewer_reclassifies_cells_by_click_and_key_and_signs_off(sqlite_rev
         assert driver.find_element(By.ID, f"final-{neutrophil.id}").text == "reviewer: lymphocyte"
 
         # one key: select the monocyte and press "a" (artefact)
-        driver.find_element(By.ID, f"cell-{monocyte.id}").click()
+        driver.find_element(By.ID, f"cell-{monocyte.id}").find_element(By.TAG_NAME, "img").click()
         driver.switch_to.active_element.send_keys("a")
         _wait_for_text(driver, "artefact-count", "1")
         _wait_for_text(driver, "current-count-monocyte", "0")
