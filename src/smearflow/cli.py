@@ -27,6 +27,7 @@ from smearflow.commands.common import (
     stderr_console,
     stdout_console,
 )
+from smearflow.commands.review import FlagsConfig, load_flags
 
 
 app = typer.Typer(
@@ -50,90 +51,80 @@ def main_callback(
     setup_logging(verbose)
 
 
-def slide_summary(result) -> dict:
-    """The JSON shape of one analysed slide."""
-    return {
-        "slide_id": result.info.slide_id,
-        "patient_id": result.info.patient_id,
-        "folder": result.info.folder,
-        "status": result.status,
-        "model_version": result.model_version,
-        "fields": [
-            {
-                "name": f.name,
-                "status": f.status,
-                "error": f.error,
-                "wbc": sum(f.wbc_counts.values()),
-                "rbc": f.rbc_count,
-                "platelets": f.platelet_count,
-            }
-            for f in result.fields
-        ],
-        "counts": result.counts,
-        "wbc_total": result.wbc_total,
-        "unclassified_wbc": result.unclassified_wbc,
-        "uncertain_wbc": result.uncertain_wbc,
-        "rbc_count": result.rbc_count,
-        "platelet_count": result.platelet_count,
-        "errors": list(result.errors),
-    }
+def slide_summary(result, flag_config=None) -> dict:
+    """The slide result of one analysed slide (:mod:`smearflow.reporting.schema`)."""
+    from smearflow.reporting.schema import from_analysis
+
+    return from_analysis(result, flag_config)
 
 
 def rejected_summary(folder, reason: str, slide_id: str | None = None, status: str = "rejected") -> dict:
-    """The JSON shape of a folder that was not analysed as a slide (same keys as :func:`slide_summary`)."""
+    """The slide result of a folder that was not analysed as a slide (same keys as :func:`slide_summary`)."""
     from smearflow.imageio import display_name
+    from smearflow.reporting.schema import rejected
 
-    return {
-        "slide_id": slide_id,
-        "patient_id": None,
-        "folder": display_name(folder),
-        "status": status,
-        "model_version": None,
-        "fields": [],
-        "counts": {},
-        "wbc_total": 0,
-        "unclassified_wbc": 0,
-        "uncertain_wbc": 0,
-        "rbc_count": 0,
-        "platelet_count": 0,
-        "errors": [reason],
-    }
+    return rejected(display_name(folder), reason, slide_id, status)
 
 
-def differential_table(title: str, counts: dict[str, int], wbc_total: int, rbc: int, platelets: int):
-    """A rich table: count and % of white cells per class, then platelets and red cells."""
+def differential_table(title: str, result: dict):
+    """A rich table of a slide result: count, % of white cells and its exact 95% interval per class.
+
+    A verified slide shows the verified differential beside the pre-classified one.
+    """
     from rich.table import Table
 
-    from smearflow import WBC_CLASSES
+    from smearflow.reporting.schema import class_order, differential_rows
 
+    verified = result.get("verified_counts")
     table = Table(title=title, title_justify="left")
     table.add_column("class")
-    table.add_column("count", justify="right")
-    table.add_column("% of WBC", justify="right")
-    for label in [c for c in WBC_CLASSES if c != "platelet"] + sorted(set(counts) - set(WBC_CLASSES)):
-        n = counts.get(label, 0)
-        share = f"{100.0 * n / wbc_total:.1f}" if wbc_total else "-"
-        table.add_row(label, str(n), share)
+    columns = [("pre-classified", result["counts"])] + ([("verified", verified)] if verified is not None else [])
+    for name, _ in columns:
+        prefix = f"{name} " if verified is not None else ""
+        table.add_column(f"{prefix}count", justify="right")
+        table.add_column("% of WBC", justify="right")
+        table.add_column("95% CI", justify="right")
+    rows = [{row["class"]: row for row in differential_rows(counts)} for _, counts in columns]
+    empty = {"count": 0, "percent": None}
+    for label in class_order(*(counts for _, counts in columns)):
+        found = [by_class.get(label, empty) for by_class in rows]
+        if label == "platelet" and not any(row["count"] for row in found):
+            continue
+        name = "platelet-like WBC candidates" if label == "platelet" else label
+        table.add_row(name, *[c for row in found for c in (str(row["count"]), _percent(row["percent"]), _interval(row))])
     table.add_section()
-    table.add_row("white cells", str(wbc_total), "100.0" if wbc_total else "-")
-    if counts.get("platelet"):
-        table.add_row("platelet-like WBC candidates", str(counts["platelet"]), "")
-    table.add_row("platelets", str(platelets), "")
-    table.add_row("red cells", str(rbc), "")
+    totals = [result["wbc_total"]] + ([result["verified_wbc_total"]] if verified is not None else [])
+    table.add_row("white cells", *[c for total in totals for c in (str(total), "100.0" if total else "-", "")])
+    blank = [""] * (3 * len(columns) - 1)
+    if result.get("artefacts"):
+        table.add_row("artefacts (verified)", *([""] * 3), str(result["artefacts"]), "", "")
+    table.add_row("platelets", str(result["platelet_count"]), *blank)
+    table.add_row("red cells", str(result["rbc_count"]), *blank)
     return table
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _interval(row) -> str:
+    return "" if row.get("ci_low") is None else f"{row['ci_low']:.1f}-{row['ci_high']:.1f}"
 
 
 def _print_slide(console, summary: dict) -> None:
     from rich.markup import escape
 
-    title = escape(f"slide {summary['slide_id']}  patient {summary['patient_id'] or 'unknown'}  [{summary['status']}]")
-    console.print(
-        differential_table(
-            title, summary["counts"], summary["wbc_total"], summary["rbc_count"], summary["platelet_count"]
-        )
+    state = summary["differential"]
+    if state == "verified":
+        state = f"verified by {summary['verified_by']} {summary['verified_at']}"
+    title = escape(
+        f"slide {summary['slide_id']}  patient {summary['patient_id'] or 'unknown'}  [{summary['status']}]  {state}"
     )
+    console.print(differential_table(title, summary))
+    for flag in summary["flags"]:
+        console.print(f"[yellow]flag:[/yellow] {escape(flag['message'])}", highlight=False)
     for error in summary["errors"]:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(error)}", highlight=False)
 
 
 def run_analysis(paths, analyzer, session_factory, show_progress: bool = True, **options) -> list[dict]:
@@ -155,7 +146,9 @@ def run_analysis(paths, analyzer, session_factory, show_progress: bool = True, *
     return summaries
 
 
-def analyze_one(path, analyzer, session_factory, *, on_field=None, reassign=False, max_fields=2000) -> dict:
+def analyze_one(
+    path, analyzer, session_factory, *, on_field=None, reassign=False, max_fields=2000, flag_config=None
+) -> dict:
     """Analyse and store one slide folder; every problem ends up in the returned summary.
 
     A folder that is not a slide, or whose slide id is stored for another
@@ -176,7 +169,7 @@ def analyze_one(path, analyzer, session_factory, *, on_field=None, reassign=Fals
             result = analyze_folder(path, analyzer, on_field=on_field, max_fields=max_fields)
         except BadSlideError as error:
             return _reject(session_factory, path, str(error))
-        summary = slide_summary(result)
+        summary = slide_summary(result, flag_config)
         try:
             _store(session_factory, result, analyzer.classifier, reassign=reassign, actor=getpass.getuser())
         except SlideConflictError as error:
@@ -228,6 +221,7 @@ def analyze(
     max_field_pixels: Annotated[
         int, typer.Option(help="Most pixels one field may have (checked before decoding).")
     ] = 40_000_000,
+    flags_config: FlagsConfig = None,
     as_json: JsonFlag = False,
 ):
     """Analyse slide folders, store the results and print a differential per slide.
@@ -239,6 +233,7 @@ def analyze(
     from smearflow.errors import PermanentError
     from smearflow.jobs import Analyzer
 
+    flag_config = load_flags(flags_config)
     _, factory = open_database(database_url)
     try:
         analyzer = Analyzer.load(
@@ -249,7 +244,10 @@ def analyze(
         )
     except (PermanentError, ValueError) as error:
         raise fail(str(error)) from None
-    summaries = run_analysis(paths, analyzer, factory, show_progress=not as_json, reassign=reassign, max_fields=max_fields)
+    summaries = run_analysis(
+        paths, analyzer, factory, show_progress=not as_json, reassign=reassign, max_fields=max_fields,
+        flag_config=flag_config,
+    )
     if as_json:
         typer.echo(json.dumps(summaries, indent=2))
     else:
@@ -265,53 +263,50 @@ def counts(
     patient: Annotated[Optional[str], typer.Option("--patient", help="Patient id.")] = None,
     slide: Annotated[Optional[str], typer.Option("--slide", help="Slide id.")] = None,
     database_url: DatabaseUrl = None,
+    flags_config: FlagsConfig = None,
     as_json: JsonFlag = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per slide and class.")] = False,
 ):
-    """Read stored differential counts back, per slide."""
-    from smearflow.db import repository
+    """Read stored differentials back, per slide: pre-classified, and verified once a reviewer signed it off.
+
+    --json prints the same slide results as analyze --json; --csv has one row per slide and class with
+    every key of a slide result (README, "Slide results").
+    """
     from smearflow.db.engine import session_scope
+    from smearflow.db.review import stored_slides
+    from smearflow.reporting.schema import from_stored
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
+    flag_config = load_flags(flags_config)
     _, factory = open_database(database_url, migrate=False)
     with session_scope(factory) as session:
-        rows = repository.counts_for(session, patient_code=patient, slide_code=slide)
+        stored = stored_slides(
+            session, patient_code=patient, slide_code=slide, uncertain_below=flag_config.uncertain_below
+        )
+    rows = [from_stored(s, flag_config) for s in stored]
     if not rows:
         what = f"patient {patient}" if patient else f"slide {slide}" if slide else "the database"
         stderr_console().print(f"no slides found for {what}")
         raise typer.Exit(code=1)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
     elif as_csv:
         _write_counts_csv(rows)
     else:
         console = stdout_console()
         for row in rows:
-            _print_slide(
-                console,
-                {
-                    **row,
-                    "errors": [row["error"]] if row.get("error") else [],
-                },
-            )
+            _print_slide(console, row)
 
 
 def _write_counts_csv(rows: list[dict]) -> None:
     import csv
 
-    from smearflow import WBC_CLASSES
+    from smearflow.reporting.schema import CSV_COLUMNS, csv_rows
 
     writer = csv.writer(sys.stdout)
-    writer.writerow(["slide_id", "patient_id", "status", "collected_at", "model_version", "class", "count", "percent_of_wbc"])
-    for row in rows:
-        labels = list(WBC_CLASSES) + sorted(set(row["counts"]) - set(WBC_CLASSES))
-        for label in labels:
-            n = row["counts"].get(label, 0)
-            share = round(100.0 * n / row["wbc_total"], 2) if row["wbc_total"] and label != "platelet" else ""
-            writer.writerow([row["slide_id"], row["patient_id"], row["status"], row["collected_at"], row["model_version"], label, n, share])
-        writer.writerow([row["slide_id"], row["patient_id"], row["status"], row["collected_at"], row["model_version"], "platelets_segmented", row["platelet_count"], ""])
-        writer.writerow([row["slide_id"], row["patient_id"], row["status"], row["collected_at"], row["model_version"], "rbc_segmented", row["rbc_count"], ""])
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(csv_rows(rows))
 
 
 @app.command()
@@ -470,9 +465,9 @@ def export_crops_command(
 
 
 def _register_command_modules() -> None:
-    from smearflow.commands import deployment, quality, segmentation, training
+    from smearflow.commands import deployment, quality, review, segmentation, training
 
-    for module in (training, segmentation, quality, deployment):
+    for module in (training, segmentation, quality, deployment, review):
         module.register(app)
 
 

@@ -411,3 +411,22 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError) as error:
         raise BadImageError(f"{display_name(path)}: unreadable mask ({_describe(error)})") from None
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An RGB ``uint8`` image as PNG bytes (a crop served to a web page).
+
+    Raises
+    ------
+    ValueError
+        When ``image`` is not an (M, N, 3) uint8 array.
+    """
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"image must be an (M, N, 3) uint8 array. Received: shape={image.shape}, dtype={image.dtype}"
+        )
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -23,7 +23,7 @@ def test_upgrade_from_empty_matches_the_models(database_url, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # the migrations are found from any working directory
     assert current_revision(database_url) is None
     upgrade_database(database_url)
-    assert current_revision(database_url) == head_revision() == "0004"
+    assert current_revision(database_url) == head_revision() == "0005"
     upgrade_database(database_url)  # a second run is a no-op
     engine = make_engine(database_url)
     try:

@@ -64,6 +64,9 @@ RUN_STATUSES = ("running", "done", "failed")
 TRAINING_OUTCOMES = ("running", "activated", "kept-active", "failed")
 """Allowed values of ``training_runs.outcome``: ``running`` until the run ends."""
 
+SIGNOFF_ACTIONS = ("verified", "reopened")
+"""Allowed values of ``slide_signoffs.action``."""
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -268,6 +271,11 @@ class Cell(Base):
     model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL")
     )
+    # Review: the reviewer's class (a white-cell class or "artefact") beside the model's
+    # ``label``, which is never overwritten; every change is also a row of cell_reviews.
+    review_label: Mapped[str | None] = mapped_column(String(64))
+    reviewed_by: Mapped[str | None] = mapped_column(String(255))
+    reviewed_at: Mapped[datetime | None]
 
     field: Mapped[Field] = relationship(back_populates="cells")
 
@@ -427,3 +435,51 @@ class GateSplit(Base):
 
     def __repr__(self) -> str:
         return f"GateSplit(version={self.version!r}, images={len(self.images or [])})"
+
+
+class CellReview(Base):
+    """One reviewer's change of one cell's class: the history of a slide's review.
+
+    ``cell_id`` is set to ``NULL`` when a re-analysis replaces the slide's
+    cells; the row stays, with the field name and the model's class, so the
+    history of a slide outlives its cells.
+    """
+
+    __tablename__ = "cell_reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[int] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), index=True)
+    cell_id: Mapped[int | None] = mapped_column(ForeignKey("cells.id", ondelete="SET NULL"), index=True)
+    field_name: Mapped[str] = mapped_column(Text)
+    model_label: Mapped[str | None] = mapped_column(String(64))
+    previous_label: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64))
+    reviewer: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(default=utc_now, index=True)
+
+    def __repr__(self) -> str:
+        return f"CellReview(previous_label={self.previous_label!r}, label={self.label!r}, reviewer={self.reviewer!r})"
+
+
+class SlideSignoff(Base):
+    """A slide signed off as verified, or reopened for review: who, when, and the differential signed.
+
+    A sign-off applies to the analysis that finished at ``analysis_finished_at``
+    (the slide's ``finished_at`` then); a later re-analysis makes it stale, and
+    the slide reads as pre-classified again.
+    """
+
+    __tablename__ = "slide_signoffs"
+    __table_args__ = (CheckConstraint(_in("action", SIGNOFF_ACTIONS), name="action"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[int] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(default=utc_now, index=True)
+    analysis_finished_at: Mapped[datetime | None]
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    note: Mapped[str | None] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"SlideSignoff(action={self.action!r}, actor={self.actor!r})"
