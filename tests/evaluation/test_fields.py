@@ -19,7 +19,7 @@ UNCHECKED = PipelineConfig(check_quality=False)  # uniform stand-in fields: scor
 
 def _labels_csv(path):
     path.write_text(
-        "image,wbc,kaggle_wbc_category\n"
+        "image,wbc,label\n"
         "a.jpg,1,NEUTROPHIL\n"
         "b.jpg,1,LYMPHOCYTE\n"
         "c.jpg,2,\"NEUTROPHIL,EOSINOPHIL\"\n"
@@ -30,7 +30,7 @@ def _labels_csv(path):
 
 
 def test_read_field_labels_keeps_single_class_rows(tmp_path):
-    labels = read_field_labels(_labels_csv(tmp_path / "c.csv"), "image", "kaggle_wbc_category")
+    labels = read_field_labels(_labels_csv(tmp_path / "c.csv"), "image", "label")
     assert labels == {"a.jpg": "neutrophil", "b.jpg": "lymphocyte", "e.jpg": "monocyte"}
 
 
@@ -106,7 +106,7 @@ def test_evaluate_fields_command_with_a_real_model_prints_tables_and_writes_plot
 
     for name in ("a.jpg", "b.jpg"):
         write_rgb(tmp_path / name, np.full((60, 60, 3), 200, np.uint8))
-    (tmp_path / "labels.csv").write_text("image,kaggle_wbc_category\na.jpg,NEUTROPHIL\nb.jpg,LYMPHOCYTE\n")
+    (tmp_path / "labels.csv").write_text("image,label\na.jpg,NEUTROPHIL\nb.jpg,LYMPHOCYTE\n")
     real_load = jobs.Analyzer.load
 
     def load_with_planted_segmenter(model_dir=None, config=PipelineConfig(), **kwargs):

@@ -70,7 +70,7 @@ def test_export_crops_command_writes_the_tuning_part(tmp_path, monkeypatch):
     names = [f"f{i}.jpg" for i in range(10)]
     for name in names:
         write_rgb(fields / name, np.full((80, 80, 3), 100, np.uint8))
-    (tmp_path / "c.csv").write_text("image,kaggle_wbc_category\n" + "".join(f"{n},NEUTROPHIL\n" for n in names))
+    (tmp_path / "c.csv").write_text("image,label\n" + "".join(f"{n},NEUTROPHIL\n" for n in names))
     monkeypatch.setattr(smearflow.cli, "make_segmenter", lambda name, **kwargs: _CellsByBrightness())
     out = tmp_path / "crops"
     args = ["export-crops", str(fields), "--labels", str(tmp_path / "c.csv"), "--out", str(out), "--json"]
@@ -86,6 +86,6 @@ def test_export_crops_command_writes_the_tuning_part(tmp_path, monkeypatch):
 def test_export_crops_command_errors(tmp_path):
     missing = CliRunner().invoke(app, ["export-crops", str(tmp_path), "--labels", str(tmp_path / "no.csv"), "--out", "x"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
-    (tmp_path / "c.csv").write_text("image,kaggle_wbc_category\n")
+    (tmp_path / "c.csv").write_text("image,label\n")
     empty = CliRunner().invoke(app, ["export-crops", str(tmp_path), "--labels", str(tmp_path / "c.csv"), "--out", "x"])
     assert empty.exit_code == 2 and "no labelled image" in " ".join(empty.output.split())

@@ -26,7 +26,7 @@ def _labelled_fields(root, n=10):
     for name in names:
         write_rgb(root / name, np.full((80, 80, 3), 120, np.uint8))
     rows = "".join(f"{name},{'A' if i % 2 else 'B'}\n" for i, name in enumerate(names))
-    (root / "labels.csv").write_text("image,kaggle_wbc_category\n" + rows)
+    (root / "labels.csv").write_text("image,label\n" + rows)
     return names
 
 
@@ -69,24 +69,28 @@ def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_recipe(data, out, *, field_images, field_labels, config, on_epoch_end):
-        calls.append((data, out, field_images, field_labels, config.seed, config.splits_seed))
+    def fake_recipe(data, out, *, field_images, field_labels, config, on_epoch_end, columns):
+        calls.append((data, out, field_images, field_labels, config.seed, config.splits_seed, columns))
         on_epoch_end(0, {"loss": 1.0})
         return SimpleNamespace(path=out / "model", metrics={"accuracy": 0.9, "macro_f1": 0.8, "test_images": 5})
 
     monkeypatch.setattr(recipe, "train_default_model", fake_recipe)
     runner = CliRunner()
-    result = runner.invoke(app, ["train-default", "--data", "d", "--out", str(tmp_path), "--no-fields"])
+    result = runner.invoke(app, ["train-default", "--data", "d", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     default_seed = TrainConfig().seed
-    assert calls[-1] == (Path("d"), tmp_path, None, None, default_seed, default_seed)
+    assert calls[-1] == (Path("d"), tmp_path, None, None, default_seed, default_seed, ("image", "label"))
     assert "test accuracy 0.9000" in result.stdout
-    args = ["train-default", "--fields", "f", "--field-labels", "l.csv", "--out", str(tmp_path), "--seed", "7"]
-    runner.invoke(app, args)
+    args = ["train-default", "--data", "d", "--fields", "f", "--field-labels", "l.csv", "--label-column",
+            "kaggle_wbc_category", "--out", str(tmp_path), "--seed", "7"]
+    assert runner.invoke(app, args).exit_code == 0
     # another training seed, the same test and validation splits
-    assert calls[-1][2:] == (Path("f"), Path("l.csv"), 7, default_seed)
+    assert calls[-1][2:] == (Path("f"), Path("l.csv"), 7, default_seed, ("image", "kaggle_wbc_category"))
+    missing = runner.invoke(app, ["train-default", "--data", "d", "--fields", "f"])
+    assert missing.exit_code == 2 and "give both --fields and --field-labels" in missing.output
+    assert runner.invoke(app, ["train-default"]).exit_code == 2  # the dataset is required: no developer default
 
 
 def test_train_default_command_reports_errors(tmp_path):
-    result = CliRunner().invoke(app, ["train-default", "--data", str(tmp_path / "none"), "--no-fields"])
+    result = CliRunner().invoke(app, ["train-default", "--data", str(tmp_path / "none")])
     assert result.exit_code == 1 and "does not exist" in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -83,9 +84,7 @@ def _fail(error: Exception) -> None:
 
 
 def train(
-    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout).")] = Path(
-        "../shared/data/pbc"
-    ),
+    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout).")],
     out: Annotated[Path, typer.Option("--out", help="Model folder to write.")] = Path("runs/default-cnn"),
     arch: Annotated[str, typer.Option("--arch", help="Architecture name from the registry.")] = "cnn",
     image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels.")] = None,
@@ -161,16 +160,15 @@ def train(
 
 
 def train_default(
-    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout).")] = Path(
-        "../shared/data/pbc"
-    ),
+    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout).")],
     fields: Annotated[
         Optional[Path], typer.Option(help="Whole-field images whose white-cell crops are mixed into training.")
-    ] = Path("../shared/data/bccd/images"),
+    ] = None,
     field_labels: Annotated[
-        Optional[Path], typer.Option(help="CSV with image and kaggle_wbc_category columns.")
-    ] = Path("../shared/data/bccd/counts.csv"),
-    no_fields: Annotated[bool, typer.Option("--no-fields", help="Train on the class-folder dataset alone.")] = False,
+        Optional[Path], typer.Option(help="CSV naming each field image's white-cell class.")
+    ] = None,
+    label_column: Annotated[str, typer.Option(help="Column of --field-labels with the class.")] = "label",
+    image_column: Annotated[str, typer.Option(help="Column of --field-labels with the image file name.")] = "image",
     seed: Annotated[
         Optional[int], typer.Option(help="Training seed (weights, augmentation, order); the splits keep theirs.")
     ] = None,
@@ -184,20 +182,20 @@ def train_default(
     model (split seed 20261125) whatever --seed is.
     """
     from smearflow.errors import SmearflowError
-    from smearflow.training.recipe import train_default_model
-    from smearflow.training.train import TrainConfig
+    from smearflow.training.recipe import DEFAULT_RECIPE, train_default_model
 
-    if no_fields:
-        fields = field_labels = None
-    config = TrainConfig()
+    if (fields is None) != (field_labels is None):
+        raise typer.BadParameter("give both --fields and --field-labels, or neither")
+    config = DEFAULT_RECIPE
     if seed is not None:
-        config = TrainConfig(seed=seed, split_seed=config.splits_seed)
+        config = replace(config, seed=seed, split_seed=config.splits_seed)
     try:
         folder = _with_epoch_progress(
             "training the default model",
             config.total_epochs(),
             lambda report: train_default_model(
-                data, out, field_images=fields, field_labels=field_labels, config=config, on_epoch_end=report
+                data, out, field_images=fields, field_labels=field_labels, config=config, on_epoch_end=report,
+                columns=(image_column, label_column),
             ),
         )
     except (SmearflowError, ValueError, FileNotFoundError) as error:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,9 +39,20 @@ from typing import Any
 
 import numpy as np
 
+from smearflow.datasets import (
+    ImageDataset,
+    scan_class_folders,
+    stratified_folds,
+    stratified_holdout,
+    subset_per_class,
+)
 from smearflow.serialisable import SerialisableConfig
-from smearflow.training.architectures import ARCHITECTURES, get_architecture, resolve_weight_files
-from smearflow.datasets import ImageDataset, scan_class_folders, stratified_folds, stratified_holdout, subset_per_class
+from smearflow.training.architectures import (
+    ARCHITECTURES,
+    get_architecture,
+    resolve_weight_files,
+)
+from smearflow.training.machine import machine_description
 
 logger = logging.getLogger(__name__)
 
@@ -207,46 +217,6 @@ class BenchmarkCallbacks:
         """After ``results.json`` and the report are written."""
 
 
-def machine_description() -> str:
-    """CPU count, accelerator and Keras backend, for the report's machine column."""
-    import keras
-
-    backend = keras.backend.backend()
-    parts = [f"{os.cpu_count()} CPU {platform.machine()}"]
-    accelerator = _accelerator_name(backend)
-    if accelerator:
-        parts.append(accelerator)
-    parts.append(f"keras {keras.__version__} {backend}")
-    return ", ".join(parts)
-
-
-def _accelerator_name(backend: str) -> str:
-    # Ask only the active backend: with KERAS_BACKEND=jax, TensorFlow is never imported.
-    try:
-        if backend == "jax":
-            import jax
-
-            names = [d.device_kind for d in jax.devices() if d.platform != "cpu"]
-        elif backend == "tensorflow":
-            import tensorflow as tf
-
-            names = [
-                tf.config.experimental.get_device_details(d).get("device_name", d.name)
-                for d in tf.config.list_physical_devices("GPU")
-            ]
-        elif backend == "torch":
-            import torch
-
-            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        else:
-            names = []
-    except Exception:  # noqa: BLE001 - a description must never fail the run
-        names = []
-    if not names:
-        return ""
-    return f"{len(names)}× {names[0]}" if len(names) > 1 else names[0]
-
-
 def _relative(dataset: ImageDataset, paths) -> list[str]:
     return [str(Path(p).relative_to(dataset.root)) for p in paths]
 
@@ -406,8 +376,8 @@ def _check_or_start_run_folder(out_dir: Path, config: BenchmarkConfig, splits: d
 def _run_fold(task, config, classes, train_fold, val_fold, test_set, out_dir, decoded, callbacks) -> dict:
     import keras
 
-    from smearflow.training.architectures import build_model
     from smearflow.evaluation.metrics import classification_metrics
+    from smearflow.training.architectures import build_model
     from smearflow.training.reports import plot_confusion_matrix
     from smearflow.training.smote import embed_and_predict, fit_softmax_head
     from smearflow.training.train import HistoryRecorder, fit_classifier
@@ -466,9 +436,9 @@ def _run_fold(task, config, classes, train_fold, val_fold, test_set, out_dir, de
         "image_size": config.image_size,
         "epochs": train_config.total_epochs(),
         "train_images": len(train_fold),
-        "validation_images": int(len(y_val)),
-        "test_images": int(len(y_test)),
-        "unreadable_images": {"validation": len(val_fold) - int(len(y_val)), "test": len(test_set) - int(len(y_test))},
+        "validation_images": len(y_val),
+        "test_images": len(y_test),
+        "unreadable_images": {"validation": len(val_fold) - len(y_val), "test": len(test_set) - len(y_test)},
         "train_seconds": round(train_seconds, 2),
         "seconds": round(time.perf_counter() - started, 2),
         "machine": machine_description(),

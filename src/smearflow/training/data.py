@@ -11,8 +11,8 @@ import logging
 import numpy as np
 
 from smearflow.classifier.preprocessing import load_resized
-from smearflow.errors import BadDatasetError
 from smearflow.datasets import ImageDataset
+from smearflow.errors import BadDatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from smearflow.training.train import TrainConfig, train_classifier
 
 logger = logging.getLogger(__name__)
+
+#: The packaged model's recipe: the 5-block CNN at 96 px with the domain
+#: augmentation, BCCD-like crops mixed in without shifting the class priors.
+DEFAULT_RECIPE = TrainConfig(image_size=96, epochs=20, augment_strength=0.3)
 
 def train_default_model(
     data_dir: str | Path,
@@ -17,9 +21,10 @@ def train_default_model(
     *,
     field_images: str | Path | None = None,
     field_labels: str | Path | None = None,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig = DEFAULT_RECIPE,
     segmenter=None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    columns: tuple[str, str] = ("image", "label"),
 ):
     """Train the default model the way the packaged one was made.
 
@@ -40,7 +45,7 @@ def train_default_model(
         Receives ``field-crops/`` and ``model/``.
     field_images, field_labels : str or Path, optional
         Whole-field images and the CSV naming each one's white-cell class
-        (the BCCD layout: ``image`` and ``kaggle_wbc_category`` columns).
+        (``columns``: the image-name and class columns of that CSV).
         Without them the model trains on ``data_dir`` alone.
     config : TrainConfig
         Its ``extra_data`` is replaced by the crops folder.
@@ -48,6 +53,8 @@ def train_default_model(
         Finds the white cells; the classical segmenter by default.
     on_epoch_end : callable, optional
         Called as ``(epoch, logs)`` after each epoch.
+    columns : tuple of str
+        The image-name and class columns of ``field_labels``.
 
     Returns
     -------
@@ -59,15 +66,14 @@ def train_default_model(
     ValueError
         When only one of ``field_images`` and ``field_labels`` is given.
     """
+    from smearflow.datasets import holdout_split, read_field_labels
     from smearflow.training.field_crops import export_field_crops
-    from smearflow.datasets import read_field_labels
-    from smearflow.datasets import holdout_split
 
     if (field_images is None) != (field_labels is None):
         raise ValueError("field_images and field_labels go together: give both or neither")
     out_dir = Path(out_dir)
     if field_images is not None:
-        labels = read_field_labels(field_labels, "image", "kaggle_wbc_category")
+        labels = read_field_labels(field_labels, *columns)
         stems = {Path(name).stem: name for name in labels}
         tuning, _ = holdout_split(stems)
         if segmenter is None:

@@ -189,7 +189,7 @@ def mean_std(values) -> dict:
     if len(values) == 0:
         return {"mean": None, "std": None, "n": 0}
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": float(values.mean()), "std": std, "n": int(len(values))}
+    return {"mean": float(values.mean()), "std": std, "n": len(values)}
 
 
 def _pct(stat: dict | None) -> str:

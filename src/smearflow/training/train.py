@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from smearflow.classifier.model_folder import ClassifierConfig, ClassifierFolder, write_model_folder
+from smearflow.classifier.model_folder import (
+    ClassifierConfig,
+    ClassifierFolder,
+    write_model_folder,
+)
+from smearflow.datasets import (
+    ImageDataset,
+    concatenate_datasets,
+    scan_class_folders,
+    stratified_holdout,
+)
 from smearflow.model_folder import Splits, read_splits
 from smearflow.serialisable import SerialisableConfig
-from smearflow.datasets import ImageDataset, concatenate_datasets, scan_class_folders, stratified_holdout
 from smearflow.training.data import batches
 
 logger = logging.getLogger(__name__)
@@ -525,7 +535,10 @@ def _fit_contrastive_encoder(model, config: TrainConfig, train_set, callbacks, d
     """Stage one of SupCon: the encoder and a projection head with the contrastive loss."""
     import keras
 
-    from smearflow.training.contrastive import SupervisedContrastiveLoss, projection_model
+    from smearflow.training.contrastive import (
+        SupervisedContrastiveLoss,
+        projection_model,
+    )
 
     epochs = config.contrastive_epochs or config.epochs
     projector = projection_model(model, config.projection_dim)
@@ -751,7 +764,10 @@ def calibrate(model, config: TrainConfig, validation_set: ImageDataset | None) -
         recommend_threshold,
         threshold_table,
     )
-    from smearflow.evaluation.metrics import expected_calibration_error, negative_log_likelihood
+    from smearflow.evaluation.metrics import (
+        expected_calibration_error,
+        negative_log_likelihood,
+    )
 
     if validation_set is None or len(validation_set) == 0:
         return {"temperature": 1.0, "test_time_augmentation": config.test_time_augmentation, "fitted_on": None}, {}
@@ -773,7 +789,7 @@ def calibrate(model, config: TrainConfig, validation_set: ImageDataset | None) -
         "threshold_rule": f"lowest threshold whose kept validation cells are >= {THRESHOLD_TARGET_ACCURACY:.1%} correct",
     }
     figures = {
-        "images": int(len(labels)),
+        "images": len(labels),
         "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
         "nll_before": negative_log_likelihood(labels, probabilities),
         "nll_after": negative_log_likelihood(labels, tempered),
@@ -810,8 +826,11 @@ def train_classifier(
     """
     import keras
 
-    from smearflow.training.benchmark import machine_description
-    from smearflow.evaluation.metrics import classification_metrics, expected_calibration_error
+    from smearflow.evaluation.metrics import (
+        classification_metrics,
+        expected_calibration_error,
+    )
+    from smearflow.training.machine import machine_description
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
