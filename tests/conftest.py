@@ -123,3 +123,40 @@ def shared_data():
     if not path.is_dir():
         _db_pytest.skip(f"shared data not found at {path}")
     return path
+
+
+# --- command-line fixtures (shared by the CLI tests: test_cli, worker, review and other command tests) ---
+_CLI_ENVIRONMENT = ("SMEARFLOW_DATABASE_URL", "SMEARFLOW_FLAGS_CONFIG", "SMEARFLOW_REVIEW_TOKEN")
+"""Settings of the developer's shell that would change what a command does; cleared for every CLI test."""
+
+
+@_db_pytest.fixture
+def sqlite_db_url(tmp_path):
+    """A migrated SQLite database in ``tmp_path``: the one database the CLI and worker tests start from."""
+    from smearflow.db import upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'smearflow-cli.db'}"
+    upgrade_database(url)
+    return url
+
+
+@_db_pytest.fixture
+def cli(monkeypatch):
+    """``cli(*args, database_url=None, env=None)``: run ``smearflow`` through Typer's runner.
+
+    The shell's smearflow settings are cleared, output is 200 columns wide, and
+    ``--database-url`` is appended when ``database_url`` is given.
+    """
+    from typer.testing import CliRunner
+
+    from smearflow.cli import app
+
+    for name in _CLI_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    runner = CliRunner()
+
+    def invoke(*args, database_url: str | None = None, env: dict[str, str] | None = None):
+        extra = ["--database-url", database_url] if database_url is not None else []
+        return runner.invoke(app, [*map(str, args), *extra], env={"COLUMNS": "200", **(env or {})})
+
+    return invoke

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from smearflow.cli import app, build_command
+from smearflow.cli import build_command
 from smearflow.synthetic import write_demo_slides
 
 
@@ -24,16 +23,13 @@ def slides(demo_slides, tmp_path):
 
 
 @pytest.fixture
-def run(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.delenv("SMEARFLOW_DATABASE_URL", raising=False)
-    runner = CliRunner()
+def run(cli, tiny_model_dir, tmp_path):
+    """The shared ``cli`` with a fresh database (created by the command) and the tiny model."""
     default_db = f"sqlite:///{tmp_path / 'cli.db'}"
 
     def invoke(*args, database_url=default_db, model=True):
-        extra = ["--database-url", database_url]
-        if model and args[0] in ("analyze", "demo"):
-            extra += ["--model", str(tiny_model_dir)]
-        return runner.invoke(app, [*args, *extra], env={"COLUMNS": "200"})
+        extra = ["--model", str(tiny_model_dir)] if model and args[0] in ("analyze", "demo") else []
+        return cli(*args, *extra, database_url=database_url)
 
     return invoke
 
@@ -252,8 +248,8 @@ def test_demo_writes_slides_and_prints_differentials(run, tmp_path):
     assert len([p for p in (tmp_path / "demo").iterdir() if p.is_dir()]) >= 2
 
 
-def test_a_bad_model_folder_is_a_clear_error(run, slides, tmp_path):
-    result = CliRunner().invoke(app, ["analyze", str(slides[0]), "--model", str(tmp_path / "nomodel")])
+def test_a_bad_model_folder_is_a_clear_error(cli, slides, tmp_path):
+    result = cli("analyze", slides[0], "--model", tmp_path / "nomodel")
     assert result.exit_code == 2
     assert "model folder does not exist" in result.output
 

@@ -167,7 +167,36 @@ def make_smear(
         not fit in the field.
     """
     rows, cols = (int(shape[0]), int(shape[1]))
-    for name, value in (("n_wbc", n_wbc), ("n_rbc", n_rbc), ("n_platelets", n_platelets), ("touching_rbc_pairs", touching_rbc_pairs)):
+    counts = {"n_wbc": n_wbc, "n_rbc": n_rbc, "n_platelets": n_platelets, "touching_rbc_pairs": touching_rbc_pairs}
+    _check_smear_arguments(shape, counts, rbc_diameter_px, lobed_fraction, noise_sigma, blur_sigma_px, vignetting)
+    rng = np.random.default_rng(seed)
+    diameter = float(rbc_diameter_px)
+    asked = f"shape={shape}, n_wbc={n_wbc}, n_rbc={n_rbc}, n_platelets={n_platelets}, rbc_diameter_px={rbc_diameter_px}"
+    layout = _Layout(rng, (rows, cols), diameter, asked)
+    # The random draws come in a fixed order (placement, then painting, then noise): one seed, one field.
+    wbc_specs = _place_wbcs(layout, n_wbc, lobed_fraction)
+    rbc_specs = _place_rbcs(layout, n_rbc, touching_rbc_pairs, shape)
+    platelet_specs = _place_platelets(layout, n_platelets)
+    truth = [TruthCell("wbc", (row, col), radius, n_lobes=n_lobes) for row, col, radius, n_lobes in wbc_specs]
+    truth += [TruthCell("rbc", (row, col), radius, pair_id=pair) for row, col, radius, pair in rbc_specs]
+    truth += [TruthCell("platelet", (row, col), radius) for row, col, radius in platelet_specs]
+
+    density = np.zeros((rows, cols, 3), dtype=np.float64)
+    _paint_rbcs(density, rbc_specs)
+    nucleus_mask, wbc_mask = _paint_wbcs(rng, density, wbc_specs)
+    _paint_platelets(rng, density, platelet_specs)
+    image = _through_the_optics(rng, density, vignetting, blur_sigma_px, noise_sigma)
+    truth = [_with_border(cell, (rows, cols)) for cell in truth]
+    return SyntheticSmear(image, tuple(truth), diameter, nucleus_mask=nucleus_mask, wbc_mask=wbc_mask)
+
+
+def _check_smear_arguments(
+    shape, counts: dict[str, int], rbc_diameter_px, lobed_fraction, noise_sigma, blur_sigma_px, vignetting
+) -> None:
+    """The ``ValueError`` of :func:`make_smear` for arguments out of range."""
+    rows, cols = (int(shape[0]), int(shape[1]))
+    n_rbc, touching_rbc_pairs = counts["n_rbc"], counts["touching_rbc_pairs"]
+    for name, value in counts.items():
         if value < 0:
             raise ValueError(f"{name} must be zero or positive. Received: {name}={value}")
     if touching_rbc_pairs > n_rbc // 2:
@@ -188,98 +217,126 @@ def make_smear(
             f"noise_sigma and blur_sigma_px must be zero or positive. Received: noise_sigma={noise_sigma}, blur_sigma_px={blur_sigma_px}"
         )
 
-    rng = np.random.default_rng(seed)
-    diameter = float(rbc_diameter_px)
-    gap = 0.06 * diameter
-    placed: list[tuple[float, float, float]] = []  # (row, col, radius) of every disc drawn so far
-    truth: list[TruthCell] = []
 
-    def fits(row: float, col: float, radius: float) -> bool:
-        if not placed:
+class _Layout:
+    """Where the discs of a field go: random places that keep a gap to every disc placed so far."""
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int], diameter: float, asked: str):
+        self.rng = rng
+        self.rows, self.cols = shape
+        self.diameter = diameter
+        self.gap = 0.06 * diameter
+        self.asked = asked  # the arguments, named when the cells do not fit
+        self.placed: list[tuple[float, float, float]] = []  # (row, col, radius) of every disc so far
+
+    def fits(self, row: float, col: float, radius: float) -> bool:
+        """Whether a disc at ``(row, col)`` keeps the gap to every placed disc."""
+        if not self.placed:
             return True
-        others = np.asarray(placed)
-        return bool(np.all(np.hypot(others[:, 0] - row, others[:, 1] - col) >= others[:, 2] + radius + gap))
+        others = np.asarray(self.placed)
+        return bool(np.all(np.hypot(others[:, 0] - row, others[:, 1] - col) >= others[:, 2] + radius + self.gap))
 
-    def place(radius: float, inside: bool) -> tuple[float, float]:
+    def place(self, radius: float, inside: bool) -> tuple[float, float]:
+        """A free centre for a disc (not yet recorded: call :meth:`add`)."""
         # Red cells may be cut by the edge: their centres may lie a little outside.
-        margin = radius + 2.0 if inside else -_RBC_CENTRE_OUTSIDE * diameter
-        others = np.asarray(placed) if placed else np.zeros((0, 3))
+        margin = radius + 2.0 if inside else -_RBC_CENTRE_OUTSIDE * self.diameter
+        others = np.asarray(self.placed) if self.placed else np.zeros((0, 3))
         for _ in range(_PLACEMENT_BATCHES):
-            candidates = np.column_stack(
-                [rng.uniform(margin, rows - margin, _PLACEMENT_BATCH), rng.uniform(margin, cols - margin, _PLACEMENT_BATCH)]
-            )
+            candidates = np.column_stack([
+                self.rng.uniform(margin, self.rows - margin, _PLACEMENT_BATCH),
+                self.rng.uniform(margin, self.cols - margin, _PLACEMENT_BATCH),
+            ])
             distance = np.hypot(candidates[:, None, 0] - others[None, :, 0], candidates[:, None, 1] - others[None, :, 1])
-            free = np.all(distance >= others[None, :, 2] + radius + gap, axis=1)
+            free = np.all(distance >= others[None, :, 2] + radius + self.gap, axis=1)
             if free.any():
                 row, col = candidates[np.argmax(free)]
                 return float(row), float(col)
-        raise ValueError(
-            "the cells asked for do not fit in the field. Received: "
-            f"shape={shape}, n_wbc={n_wbc}, n_rbc={n_rbc}, n_platelets={n_platelets}, rbc_diameter_px={rbc_diameter_px}"
-        )
+        raise ValueError(f"the cells asked for do not fit in the field. Received: {self.asked}")
 
-    wbc_specs = []
+    def add(self, row: float, col: float, radius: float) -> None:
+        self.placed.append((row, col, radius))
+
+
+def _place_wbcs(layout: _Layout, n_wbc: int, lobed_fraction: float) -> list[tuple[float, float, float, int]]:
+    """``(row, col, radius, n_lobes)`` of each white cell, wholly inside the field."""
+    rng, specs = layout.rng, []
     for _ in range(n_wbc):
-        radius = diameter * rng.uniform(0.75, 0.92)
-        row, col = place(radius, inside=True)
-        placed.append((row, col, radius))
+        radius = layout.diameter * rng.uniform(0.75, 0.92)
+        row, col = layout.place(radius, inside=True)
+        layout.add(row, col, radius)
         n_lobes = int(rng.integers(2, 5)) if rng.random() < lobed_fraction else 1
-        wbc_specs.append((row, col, radius, n_lobes))
-        truth.append(TruthCell("wbc", (row, col), radius, n_lobes=n_lobes))
+        specs.append((row, col, radius, n_lobes))
+    return specs
 
-    rbc_specs = []
-    for pair in range(touching_rbc_pairs):
-        radius_a = 0.5 * diameter * rng.uniform(0.94, 1.06)
-        radius_b = 0.5 * diameter * rng.uniform(0.94, 1.06)
+
+def _place_rbcs(layout: _Layout, n_rbc: int, touching_pairs: int, shape) -> list[tuple[float, float, float, int]]:
+    """``(row, col, radius, pair_id)`` of each red cell: the touching pairs first, then single cells."""
+    rng, specs = layout.rng, []
+    for pair in range(touching_pairs):
+        radius_a = 0.5 * layout.diameter * rng.uniform(0.94, 1.06)
+        radius_b = 0.5 * layout.diameter * rng.uniform(0.94, 1.06)
         for _ in range(_MAX_PLACEMENT_TRIES):
-            row_a, col_a = place(radius_a, inside=False)
+            row_a, col_a = layout.place(radius_a, inside=False)
             angle = rng.uniform(0, 2 * math.pi)
             distance = (radius_a + radius_b) * rng.uniform(0.75, 0.9)
             row_b, col_b = row_a + distance * math.sin(angle), col_a + distance * math.cos(angle)
-            if 0 <= row_b < rows and 0 <= col_b < cols and fits(row_b, col_b, radius_b):
+            if 0 <= row_b < layout.rows and 0 <= col_b < layout.cols and layout.fits(row_b, col_b, radius_b):
                 break
         else:
             raise ValueError(f"could not place touching red-cell pair {pair}. Received: shape={shape}, n_rbc={n_rbc}")
-        placed.extend([(row_a, col_a, radius_a), (row_b, col_b, radius_b)])
-        rbc_specs.extend([(row_a, col_a, radius_a, pair), (row_b, col_b, radius_b, pair)])
-    for _ in range(n_rbc - 2 * touching_rbc_pairs):
-        radius = 0.5 * diameter * rng.uniform(0.94, 1.06)
-        row, col = place(radius, inside=False)
-        placed.append((row, col, radius))
-        rbc_specs.append((row, col, radius, -1))
-    for row, col, radius, pair in rbc_specs:
-        truth.append(TruthCell("rbc", (row, col), radius, pair_id=pair))
+        layout.add(row_a, col_a, radius_a)
+        layout.add(row_b, col_b, radius_b)
+        specs.extend([(row_a, col_a, radius_a, pair), (row_b, col_b, radius_b, pair)])
+    for _ in range(n_rbc - 2 * touching_pairs):
+        radius = 0.5 * layout.diameter * rng.uniform(0.94, 1.06)
+        row, col = layout.place(radius, inside=False)
+        layout.add(row, col, radius)
+        specs.append((row, col, radius, -1))
+    return specs
 
-    platelet_specs = []
+
+def _place_platelets(layout: _Layout, n_platelets: int) -> list[tuple[float, float, float]]:
+    """``(row, col, radius)`` of each platelet, wholly inside the field."""
+    specs = []
     for _ in range(n_platelets):
-        radius = diameter * rng.uniform(0.15, 0.2)
-        row, col = place(radius, inside=True)
-        placed.append((row, col, radius))
-        platelet_specs.append((row, col, radius))
-        truth.append(TruthCell("platelet", (row, col), radius))
+        radius = layout.diameter * layout.rng.uniform(0.15, 0.2)
+        row, col = layout.place(radius, inside=True)
+        layout.add(row, col, radius)
+        specs.append((row, col, radius))
+    return specs
 
-    density = np.zeros((rows, cols, 3), dtype=np.float64)
-    nucleus_mask = np.zeros((rows, cols), dtype=bool)
-    wbc_mask = np.zeros((rows, cols), dtype=bool)
-    for row, col, radius, _ in rbc_specs:
-        window, rho = _disc_window(row, col, radius * 1.0 + 1.5, (rows, cols))
+
+def _paint_rbcs(density: np.ndarray, specs) -> None:
+    """Add the red cells' optical density (pink discs, thinner in the centre)."""
+    for row, col, radius, _ in specs:
+        window, rho = _disc_window(row, col, radius * 1.0 + 1.5, density.shape[:2])
         if window is None:
             continue
         coverage = np.clip(radius - rho + 0.5, 0.0, 1.0)
         # Thicker rim, thinner centre: the central pallor of a biconcave disc.
         thickness = 0.35 + 0.65 * np.clip(rho / radius, 0.0, 1.0) ** 2
         density[window] += (coverage * thickness)[..., None] * _RBC_DENSITY
-    for row, col, radius, n_lobes in wbc_specs:
-        window, rho = _disc_window(row, col, radius + 1.5, (rows, cols))
+
+
+def _paint_wbcs(rng: np.random.Generator, density: np.ndarray, specs) -> tuple[np.ndarray, np.ndarray]:
+    """Add the white cells' density (cytoplasm, then nucleus); their nucleus and cell masks."""
+    nucleus_mask = np.zeros(density.shape[:2], dtype=bool)
+    wbc_mask = np.zeros(density.shape[:2], dtype=bool)
+    for row, col, radius, n_lobes in specs:
+        window, rho = _disc_window(row, col, radius + 1.5, density.shape[:2])
         coverage = np.clip(radius - rho + 0.5, 0.0, 1.0)
         density[window] += coverage[..., None] * _CYTOPLASM_DENSITY
         wbc_mask[window] |= coverage >= 0.5
         nucleus = _nucleus_coverage(rng, row, col, radius, n_lobes, window)
         density[window] += nucleus[..., None] * (_NUCLEUS_DENSITY * rng.uniform(0.85, 1.1))
         nucleus_mask[window] |= nucleus >= 0.5
-    for row, col, radius in platelet_specs:
-        window, rho = _disc_window(row, col, radius + 1.5, (rows, cols))
-        # A pale rim (hyalomere) around a dense granular core of two offset blobs.
+    return nucleus_mask, wbc_mask
+
+
+def _paint_platelets(rng: np.random.Generator, density: np.ndarray, specs) -> None:
+    """Add the platelets' density: a pale rim (hyalomere) around a dense granular core of two offset blobs."""
+    for row, col, radius in specs:
+        window, rho = _disc_window(row, col, radius + 1.5, density.shape[:2])
         rim = np.clip(radius - rho + 0.5, 0.0, 1.0)
         rows_grid, cols_grid = np.mgrid[window]
         core = np.zeros(rim.shape)
@@ -289,6 +346,12 @@ def make_smear(
         strength = rng.uniform(0.85, 1.15)
         density[window] += (0.3 * rim + 0.9 * core)[..., None] * _PLATELET_DENSITY * strength
 
+
+def _through_the_optics(
+    rng: np.random.Generator, density: np.ndarray, vignetting: float, blur_sigma_px: float, noise_sigma: float
+) -> np.ndarray:
+    """The RGB ``uint8`` field: lamp light through the density, vignetting, blur and noise."""
+    rows, cols = density.shape[:2]
     transmitted = np.asarray(BACKGROUND_RGB) * np.exp(-density)
     if vignetting:
         row_rel = (np.arange(rows) / rows - 0.5)[:, None]
@@ -299,16 +362,7 @@ def make_smear(
 
         transmitted = ndimage.gaussian_filter(transmitted, sigma=(blur_sigma_px, blur_sigma_px, 0))
     transmitted += rng.normal(0.0, noise_sigma, transmitted.shape) if noise_sigma else 0.0
-    image = np.clip(np.round(transmitted), 0, 255).astype(np.uint8)
-
-    truth = [_with_border(cell, (rows, cols)) for cell in truth]
-    return SyntheticSmear(
-        image=image,
-        truth=tuple(truth),
-        rbc_diameter_px=diameter,
-        nucleus_mask=nucleus_mask,
-        wbc_mask=wbc_mask,
-    )
+    return np.clip(np.round(transmitted), 0, 255).astype(np.uint8)
 
 
 def _disc_window(row: float, col: float, reach: float, shape: tuple[int, int]):

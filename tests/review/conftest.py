@@ -14,12 +14,10 @@ def review_db(migrated_database_url):
 
 
 @pytest.fixture
-def sqlite_review_db(tmp_path):
-    """``(url, session_factory)`` of a migrated SQLite database in ``tmp_path``."""
-    from smearflow.db import make_engine, session_factory, upgrade_database
+def sqlite_review_db(sqlite_db_url):
+    """``(url, session_factory)`` of the shared migrated SQLite database (``sqlite_db_url``)."""
+    from smearflow.db import make_engine, session_factory
 
-    url = f"sqlite:///{tmp_path / 'review.db'}"
-    upgrade_database(url)
-    engine = make_engine(url)
-    yield url, session_factory(engine)
+    engine = make_engine(sqlite_db_url)
+    yield sqlite_db_url, session_factory(engine)
     engine.dispose()

@@ -8,9 +8,7 @@ import json
 
 import pytest
 from review_testkit import store_review_slide
-from typer.testing import CliRunner
 
-from smearflow.cli import app
 from smearflow.db import review
 from smearflow.db.engine import session_scope
 from smearflow.reporting.schema import SLIDE_RESULT_KEYS
@@ -32,16 +30,9 @@ def stored(sqlite_review_db, tmp_path):
 
 
 @pytest.fixture
-def run(monkeypatch):
-    monkeypatch.delenv("SMEARFLOW_DATABASE_URL", raising=False)
-    monkeypatch.delenv("SMEARFLOW_FLAGS_CONFIG", raising=False)
-    monkeypatch.delenv("SMEARFLOW_REVIEW_TOKEN", raising=False)
-    runner = CliRunner()
-
-    def invoke(*args, env=None):
-        return runner.invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
-
-    return invoke
+def run(cli):
+    """The shared ``cli`` (the database is given in each call's arguments)."""
+    return cli
 
 
 def test_counts_gives_both_differentials_of_a_verified_slide(run, stored):

@@ -11,13 +11,9 @@ REDIS_TEST_URL = "redis://127.0.0.1:6379/9"
 
 
 @pytest.fixture
-def sqlite_url(tmp_path):
-    """A migrated SQLite database."""
-    from smearflow.db import upgrade_database
-
-    url = f"sqlite:///{tmp_path / 'worker-test.db'}"
-    upgrade_database(url)
-    return url
+def sqlite_url(sqlite_db_url):
+    """A migrated SQLite database (the shared ``sqlite_db_url``)."""
+    return sqlite_db_url
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from fault_servers import wait_until
 from smearflow.db import make_engine, repository, session_factory, session_scope
 from smearflow.db.models import Field, SlideCount
 
@@ -170,17 +170,18 @@ class Lab:
 
     def wait_for_status(self, codes, statuses=("done", "failed"), timeout_s=150.0):
         """Wait until every slide has one of ``statuses``; on timeout, fail with every service's log."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def reached():
             try:
                 slides = {code: self.slide(code) for code in codes}
             except Exception:  # noqa: BLE001 - the database may be down on purpose
-                slides = {}
-            if slides and all(s is not None and s["status"] in statuses for s in slides.values()):
-                return slides
-            time.sleep(0.5)
-        logs = "\n\n".join(f"--- {s.name}\n{s.log()[-6000:]}" for s in self.services)
-        pytest.fail(f"timed out waiting for {codes} to be {statuses}: { {c: self.slide(c) for c in codes} }\n{logs}")
+                return None
+            return slides if all(s is not None and s["status"] in statuses for s in slides.values()) else None
+
+        try:
+            return wait_until(reached, timeout_s, f"{codes} to be {statuses}", interval_s=0.5)
+        except TimeoutError:
+            logs = "\n\n".join(f"--- {s.name}\n{s.log()[-6000:]}" for s in self.services)
+            pytest.fail(f"timed out waiting for {codes} to be {statuses}: { {c: self.slide(c) for c in codes} }\n{logs}")
 
     def queue_length(self, queue: str | None = None) -> int:
         import redis

@@ -3,9 +3,7 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from smearflow.cli import app
 from smearflow.commands import deployment
 from smearflow.worker.app import make_celery_app
 from smearflow.worker.settings import WorkerSettings
@@ -26,14 +24,12 @@ def celery_app(monkeypatch):
 
 
 @pytest.fixture
-def run(sqlite_url, monkeypatch):
-    monkeypatch.delenv("SMEARFLOW_DATABASE_URL", raising=False)
+def run(cli, sqlite_url, monkeypatch):
+    """The shared ``cli`` on the migrated database, with an in-memory broker."""
     monkeypatch.setenv("SMEARFLOW_BROKER_URL", "memory://")  # status reads no real broker
-    runner = CliRunner()
 
     def invoke(*args, db=True):
-        extra = ["--database-url", sqlite_url] if db else []
-        return runner.invoke(app, [*args, *extra], env={"COLUMNS": "200"})
+        return cli(*args, database_url=sqlite_url if db else None)
 
     return invoke
 
@@ -152,22 +148,22 @@ def test_models_errors(run, tmp_path):
     assert bad.exit_code == 1 and "model folder is missing" in bad.output
 
 
-def test_db_upgrade_and_current(tmp_path, run):
-    missing = CliRunner().invoke(app, ["db", "current", "--database-url", f"sqlite:///{tmp_path}/new.db"])
+def test_db_upgrade_and_current(tmp_path, cli):
+    missing = cli("db", "current", database_url=f"sqlite:///{tmp_path}/new.db")
     assert missing.exit_code == 2 and "no database at sqlite:///" in missing.output
     assert not (tmp_path / "new.db").exists()
-    result = CliRunner().invoke(app, ["db", "upgrade", "--database-url", f"sqlite:///{tmp_path}/new.db"])
+    result = cli("db", "upgrade", database_url=f"sqlite:///{tmp_path}/new.db")
     assert result.exit_code == 0 and "revision" in result.output
-    current = CliRunner().invoke(app, ["db", "current", "--database-url", f"sqlite:///{tmp_path}/new.db"])
+    current = cli("db", "current", database_url=f"sqlite:///{tmp_path}/new.db")
     assert current.exit_code == 0 and "current:" in current.output and "head:" in current.output
 
 
 @pytest.mark.parametrize("command", [["status"], ["models", "list"], ["counts"], ["reconcile"]])
-def test_read_only_commands_never_create_or_migrate_a_database(tmp_path, command, celery_app, monkeypatch):
+def test_read_only_commands_never_create_or_migrate_a_database(tmp_path, command, celery_app, monkeypatch, cli):
     import sqlalchemy as sa
 
     monkeypatch.setenv("SMEARFLOW_BROKER_URL", "memory://")
-    missing = CliRunner().invoke(app, [*command, "--database-url", f"sqlite:///{tmp_path}/none.db"])
+    missing = cli(*command, database_url=f"sqlite:///{tmp_path}/none.db")
     assert missing.exit_code == 2 and "no database at sqlite:///" in missing.output
     assert "smearflow db upgrade" in missing.output and not (tmp_path / "none.db").exists()
     engine = sa.create_engine(f"sqlite:///{tmp_path}/old.db")
@@ -175,7 +171,7 @@ def test_read_only_commands_never_create_or_migrate_a_database(tmp_path, command
         connection.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
         connection.execute(sa.text("INSERT INTO alembic_version VALUES ('0001')"))
     engine.dispose()
-    behind = CliRunner().invoke(app, [*command, "--database-url", f"sqlite:///{tmp_path}/old.db"])
+    behind = cli(*command, database_url=f"sqlite:///{tmp_path}/old.db")
     assert behind.exit_code == 2 and "is at schema revision 0001; this smearflow needs" in behind.output
     engine = sa.create_engine(f"sqlite:///{tmp_path}/old.db")
     assert sa.inspect(engine).get_table_names() == ["alembic_version"]  # nothing migrated

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
+from fault_servers import wait_until
 from lab import Lab, drop
 from smearflow.db import repository, session_scope
 from worker_testdata import write_bad_slide, write_slide
@@ -60,9 +60,7 @@ def test_inbox_to_counts_in_postgres_with_failures_rejections_and_duplicates(lab
     assert Path(bad["folder"]) == lab.failed / "S-BAD"
     assert "not a readable image" in (lab.failed / "S-BAD" / "error.txt").read_text()
     # A folder that is not a slide never reaches the queue: it is rejected, recorded and moved.
-    deadline = time.monotonic() + 60
-    while not (lab.failed / "S-JSON" / "error.txt").is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until((lab.failed / "S-JSON" / "error.txt").is_file, 60, "S-JSON to be rejected")
     assert "not valid JSON" in (lab.failed / "S-JSON" / "error.txt").read_text()
     assert not (lab.inbox / "S-JSON").exists() and lab.slide("S-JSON") is None
     with session_scope(lab.factory) as session:
@@ -79,9 +77,8 @@ def test_inbox_to_counts_in_postgres_with_failures_rejections_and_duplicates(lab
     again = lab.cli("enqueue", str(elsewhere), "--json")
     assert json.loads(again.stdout)[0]["action"] == "skipped"
     lab.wait_for_status(["S-DUP"], statuses=("done",))
-    deadline = time.monotonic() + 60
-    while _succeeded(worker) < 6 and time.monotonic() < deadline:  # S-A, S-B, S-BAD and S-DUP three times
-        time.sleep(0.5)
+    # S-A, S-B, S-BAD and S-DUP three times
+    wait_until(lambda: _succeeded(worker) >= 6, 60, "six analyze_slide tasks to succeed", interval_s=0.5)
     assert _succeeded(worker) == 6
     slide = lab.slide("S-DUP")
     assert (slide["status"], slide["attempts"], slide["n_fields"]) == ("done", 1, 2)
@@ -118,16 +115,17 @@ def test_a_slide_that_keeps_killing_its_worker_process_ends_failed(lab):
     folder = write_slide(lab.root / "slides" / "S-POISON", n_fields=3, seed=5)
     assert lab.cli("enqueue", str(folder), "--failed-dir", str(lab.failed)).returncode == 0
     killed = 0
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
+
+    def kill_each_attempt_until_failed():
+        nonlocal killed
         slide = lab.slide("S-POISON")
-        if slide["status"] == "failed":
-            break
         if slide["status"] == "running" and slide["attempts"] > killed:
             for pid in worker.children():  # the pool process dies as if the slide crashed it
                 os.kill(pid, signal.SIGKILL)
             killed = slide["attempts"]
-        time.sleep(0.3)
+        return slide["status"] == "failed"
+
+    wait_until(kill_each_attempt_until_failed, 150, "S-POISON to fail", interval_s=0.3)
     slide = lab.wait_for_status(["S-POISON"], statuses=("failed",), timeout_s=5)["S-POISON"]
     assert killed == 2 and slide["attempts"] == 2
     assert "Gave up after 2 attempt(s)" in slide["error"]
@@ -147,19 +145,16 @@ def test_restarting_the_watcher_never_enqueues_a_slide_twice(lab):
 
     watcher = lab.watcher("watcher-1")
     lab.wait_for_status(["S-1", "S-2"], statuses=("queued",), timeout_s=60)
-    deadline = time.monotonic() + 30
-    while lab.queue_length() < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: lab.queue_length() >= 2, 30, "two tasks on the queue")
     watcher.stop()
     assert lab.queue_length() == 2
 
     drop(lab.inbox, "S-3", seed=9, slide_json={"slide_id": "S-3"})  # dropped while the watcher was down
     second = lab.watcher("watcher-2")
     lab.wait_for_status(["S-3"], statuses=("queued",), timeout_s=60)
-    deadline = time.monotonic() + 60  # the start-up scan also looked at every older folder, and sent none
-    while not all(f"slide {code} skipped" in second.log() for code in ("S-1", "S-2", "S-FINISHED")):
-        assert time.monotonic() < deadline, second.log()
-        time.sleep(0.2)
+    # The start-up scan also looked at every older folder, and sent none.
+    skipped = [f"slide {code} skipped" for code in ("S-1", "S-2", "S-FINISHED")]
+    wait_until(lambda: all(line in second.log() for line in skipped), 60, f"{skipped} in the watcher's log")
     assert lab.queue_length() == 3
     assert lab.slide("S-FINISHED")["status"] == "done"
     assert {lab.slide(c)["attempts"] for c in ("S-1", "S-2", "S-3")} == {0}

@@ -13,6 +13,8 @@ def _runtime(url, **settings):
 
 
 def test_a_transient_error_is_retried_by_celery_with_capped_jittered_backoff_then_fails(monkeypatch, sqlite_url):
+    from celery.exceptions import Retry
+
     from smearflow.worker.app import make_celery_app
     from smearflow.worker.settings import ANALYZE_SLIDE_TASK
 
@@ -31,12 +33,23 @@ def test_a_transient_error_is_retried_by_celery_with_capped_jittered_backoff_the
         raise TransientError("database down")
 
     monkeypatch.setattr("smearflow.worker.slide_job.run_slide_job", database_down)
-    retry = task.retry
-    monkeypatch.setattr(task, "retry", lambda *a, **k: countdowns.append(k["countdown"]) or retry(*a, **k))
+    retry, scheduled = task.retry, []
+
+    def recording_retry(*args, **kwargs):
+        countdowns.append(kwargs["countdown"])
+        try:
+            return retry(*args, **kwargs)
+        except Retry as retrying:  # Celery schedules the retry by raising Retry with its countdown
+            scheduled.append((retrying.when, str(retrying.exc)))
+            raise
+
+    monkeypatch.setattr(task, "retry", recording_retry)
     result = task.apply(args=["S-1"])
     assert result.state == "FAILURE" and isinstance(result.result, TransientError)
     assert calls == ["S-1"] * 4  # the first run and three retries
     assert len(countdowns) == 4 and all(0 <= c <= min(5, 2 * 2**i) for i, c in enumerate(countdowns))
+    # Three retries were scheduled, each with the backoff asked for; the fourth call gave up and failed.
+    assert scheduled == [(countdown, "database down") for countdown in countdowns[:3]]
 
 
 def test_the_reconcile_task_sends_lost_slides_again(monkeypatch, sqlite_url):

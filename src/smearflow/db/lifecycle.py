@@ -21,7 +21,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from smearflow.db.models import SLIDE_STATUSES, RejectedFolder, Slide, utc_now
-from smearflow.db.repository import add_slide_event, record_slide_failure
+from smearflow.db.results import record_slide_failure
+from smearflow.db.slides import add_slide_event
 
 logger = logging.getLogger(__name__)
 

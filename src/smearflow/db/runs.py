@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from smearflow.db.model_versions import activate_model_version, active_model_version
 from smearflow.db.models import (
     BenchmarkRun,
     GateSplit,
@@ -27,13 +28,7 @@ from smearflow.db.models import (
     TrainingRun,
     utc_now,
 )
-from smearflow.db.repository import (
-    _check_code,
-    _error_text,
-    _metrics_dict,
-    activate_model_version,
-    active_model_version,
-)
+from smearflow.db.values import check_code, error_text, metrics_dict
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +117,12 @@ def finish_training_run(
         raise ValueError(f"outcome must be activated, kept-active or failed. Received: outcome={outcome!r}")
     run.outcome = outcome
     run.finished_at = utc_now()
-    run.error = _error_text(error) if error is not None else None
+    run.error = error_text(error) if error is not None else None
     run.reason = reason
     run.candidate_model_version = candidate
     run.metric, run.candidate_figure, run.baseline, run.baseline_figure = metric, candidate_figure, baseline, baseline_figure
     if metrics is not None:
-        run.metrics = _metrics_dict(metrics, "metrics")
+        run.metrics = metrics_dict(metrics, "metrics")
     if gate is not None:
         run.gate_split_id = gate.id
     session.flush()
@@ -157,7 +152,7 @@ def begin_benchmark_run(
         run = session.scalars(select(BenchmarkRun).where(BenchmarkRun.task_id == task_id).with_for_update()).first()
     if run is None:
         run = BenchmarkRun(
-            name=_check_code("name", name), config=_metrics_dict(config, "config"), status="running",
+            name=check_code("name", name), config=metrics_dict(config, "config"), status="running",
             started_at=utc_now(), run_folder=run_folder, task_id=task_id, attempts=0,
         )
         session.add(run)
@@ -175,7 +170,7 @@ def begin_benchmark_run(
 
 def unfinished_benchmark_folder(session: Session, config: Mapping[str, Any]) -> str | None:
     """The run folder of the latest benchmark with this ``config`` that did not finish, to resume."""
-    wanted = _metrics_dict(config, "config")
+    wanted = metrics_dict(config, "config")
     query = select(BenchmarkRun).where(BenchmarkRun.status != "done").order_by(BenchmarkRun.started_at.desc())
     for run in session.scalars(query):
         if run.config == wanted and run.run_folder:

@@ -65,47 +65,19 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64, 
     ValueError
         When ``batch_size`` < 1.
     """
-    from smearflow.imageio import is_image_file
     from smearflow.evaluation.metrics import classification_metrics, expected_calibration_error
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
     root = Path(data_dir)
-    if not root.is_dir():
-        raise BadDatasetError(f"{root}: dataset folder does not exist")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     model_classes = list(classifier.classes)
-    present = [c for c in model_classes if c in folders]
-    missing = [c for c in model_classes if c not in folders]
-    extra = {c: sum(1 for p in (root / c).iterdir() if is_image_file(p)) for c in folders if c not in model_classes}
-    if not present:
-        raise BadDatasetError(
-            f"{root}: no class folder matches the model's classes {model_classes}. Received folders: {folders}"
-        )
-    if missing:
-        logger.warning(
-            "%s: the model's class(es) %s have no folder; averaging over the %d present", root, missing, len(present)
-        )
+    present, missing, extra = _match_class_folders(root, model_classes)
     dataset = scan_class_folders(root, classes=present)  # logs the ignored extra folders
     absent = 0
     if only is not None:
         dataset, absent = _keep_named(dataset, only)
     to_model = np.asarray([model_classes.index(c) for c in present])
-    probabilities, labels, unreadable = [], [], []
-    for start in range(0, len(dataset), batch_size):
-        images = []
-        for path, label in zip(dataset.paths[start : start + batch_size], dataset.labels[start : start + batch_size]):
-            image = load_resized(path, classifier.image_size)
-            if image is None:
-                unreadable.append(str(Path(path).relative_to(root)))
-                continue
-            images.append(image)
-            labels.append(to_model[label])
-        if images:
-            probabilities.append(classifier.predict_proba(np.stack(images), batch_size=batch_size))
-    if not labels:
-        raise BadDatasetError(f"{root}: none of the {len(dataset)} images can be read")
-    labels, probabilities = np.asarray(labels), np.concatenate(probabilities)
+    labels, probabilities, unreadable = _predict(classifier, dataset, root, to_model, batch_size)
     metrics = classification_metrics(labels, probabilities, model_classes, average_over=to_model)
     metrics["calibration"] = expected_calibration_error(labels, probabilities)
     metrics["confidence"] = confidence_summary(classifier, labels, probabilities)
@@ -120,6 +92,58 @@ def evaluate_classifier(classifier, data_dir: str | Path, batch_size: int = 64, 
     metrics["dataset"] = str(root)
     metrics["model_version"] = classifier.version
     return metrics
+
+
+def _match_class_folders(root: Path, model_classes: list[str]) -> tuple[list[str], list[str], dict[str, int]]:
+    """The model classes with a folder, those without, and the image count of each folder the model lacks.
+
+    Raises
+    ------
+    BadDatasetError
+        When ``root`` is missing or none of its folders is a model class.
+    """
+    from smearflow.imageio import is_image_file
+
+    if not root.is_dir():
+        raise BadDatasetError(f"{root}: dataset folder does not exist")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    present = [c for c in model_classes if c in folders]
+    missing = [c for c in model_classes if c not in folders]
+    extra = {c: sum(1 for p in (root / c).iterdir() if is_image_file(p)) for c in folders if c not in model_classes}
+    if not present:
+        raise BadDatasetError(
+            f"{root}: no class folder matches the model's classes {model_classes}. Received folders: {folders}"
+        )
+    if missing:
+        logger.warning(
+            "%s: the model's class(es) %s have no folder; averaging over the %d present", root, missing, len(present)
+        )
+    return present, missing, extra
+
+
+def _predict(classifier, dataset, root: Path, to_model: np.ndarray, batch_size: int):
+    """Model-class labels and probabilities of the readable images, and the unreadable ones (relative names).
+
+    Raises
+    ------
+    BadDatasetError
+        When no image can be read.
+    """
+    probabilities, labels, unreadable = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        images = []
+        for path, label in zip(dataset.paths[start : start + batch_size], dataset.labels[start : start + batch_size]):
+            image = load_resized(path, classifier.image_size)
+            if image is None:
+                unreadable.append(str(Path(path).relative_to(root)))
+                continue
+            images.append(image)
+            labels.append(to_model[label])
+        if images:
+            probabilities.append(classifier.predict_proba(np.stack(images), batch_size=batch_size))
+    if not labels:
+        raise BadDatasetError(f"{root}: none of the {len(dataset)} images can be read")
+    return np.asarray(labels), np.concatenate(probabilities), unreadable
 
 
 def confidence_summary(classifier, labels: np.ndarray, probabilities: np.ndarray) -> dict:

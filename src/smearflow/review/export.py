@@ -27,7 +27,10 @@ from typing import Any
 import numpy as np
 
 from smearflow import WBC_CLASSES
+from smearflow.db.review import ARTEFACT, VerifiedCell, rbc_diameters_px, verified_cells
 from smearflow.errors import BadImageError
+from smearflow.imageio import write_rgb
+from smearflow.reporting import images
 
 logger = logging.getLogger(__name__)
 
@@ -77,62 +80,83 @@ def export_verified(
         When ``size_px`` is below 8, or ``out_dir`` or one of its class folders
         is a symbolic link or not a folder.
     """
-    from smearflow.db.review import ARTEFACT, rbc_diameters_px, verified_cells
-    from smearflow.imageio import write_rgb
-    from smearflow.reporting import images
-
     if isinstance(size_px, bool) or not isinstance(size_px, int) or size_px < 8:
         raise ValueError(f"size_px must be an integer of at least 8. Received: size_px={size_px!r}")
-    read_field = read_field or images.read_field
     out_dir = Path(out_dir)
     _check_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     removed = _remove_previous(out_dir)
     cells = verified_cells(session, since)
     diameters = rbc_diameters_px(session, sorted({c.cell.field_id for c in cells}))
-    written: Counter[str] = Counter()
-    artefacts = 0
-    unreadable: list[str] = []
-    manifest_rows = []
-    loaded: tuple[int, np.ndarray | None] | None = None
+    export = _Export(out_dir, size_px, diameters, read_field or images.read_field)
     for item in cells:
-        cell = item.cell
-        if cell.final_label == ARTEFACT:
-            artefacts += 1
-            continue
-        if loaded is None or loaded[0] != cell.field_id:
-            try:
-                loaded = (cell.field_id, read_field(item.folder, cell.field_name))
-            except BadImageError as error:
-                loaded = (cell.field_id, None)
-                unreadable.append(f"{item.slide_id}/{cell.field_name}: {error}")
-                logger.warning("slide %s: %s; its cells are not exported", item.slide_id, error)
-        if loaded[1] is None:
-            continue
-        crop = images.cell_crop(loaded[1], cell.centroid, cell.bbox, diameters.get(cell.field_id), size_px)
-        class_dir = out_dir / cell.final_label
-        _check_folder(class_dir)
-        name = f"{PREFIX}{_safe(item.slide_id)}-{cell.id}.png"
-        write_rgb(class_dir / name, crop)
-        written[cell.final_label] += 1
-        manifest_rows.append([
-            f"{cell.final_label}/{name}", item.slide_id, cell.field_name, cell.id, cell.label, cell.final_label,
-            cell.reviewed_by or "", item.verified_by, item.verified_at.isoformat(),
-        ])
+        export.add(item)
     _remove_empty_class_folders(out_dir)
-    with (out_dir / MANIFEST).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "slide_id", "field", "cell_id", "model_class", "class", "reviewed_by",
-                         "verified_by", "verified_at"])
-        writer.writerows(manifest_rows)
+    _write_manifest(out_dir / MANIFEST, export.manifest_rows)
+    written = export.written
     return {
         "out": str(out_dir),
         "slides": len({c.slide_id for c in cells}),
         "written": {label: written[label] for label in [*WBC_CLASSES, *sorted(set(written) - set(WBC_CLASSES))] if written[label]},
-        "artefacts": artefacts,
+        "artefacts": export.artefacts,
         "removed": removed,
-        "unreadable": unreadable,
+        "unreadable": export.unreadable,
     }
+
+
+class _Export:
+    """One export in progress: writes each cell's crop and keeps the tallies and manifest rows."""
+
+    def __init__(self, out_dir: Path, size_px: int, diameters: dict[int, float], read_field):
+        self.out_dir = out_dir
+        self.size_px = size_px
+        self.diameters = diameters
+        self.read_field = read_field
+        self.written: Counter[str] = Counter()
+        self.artefacts = 0
+        self.unreadable: list[str] = []
+        self.manifest_rows: list[list[Any]] = []
+        self._loaded: tuple[int, np.ndarray | None] | None = None
+
+    def add(self, item: VerifiedCell) -> None:
+        """Write the crop of one verified cell (artefacts and cells of unreadable fields are left out)."""
+        cell = item.cell
+        if cell.final_label == ARTEFACT:
+            self.artefacts += 1
+            return
+        image = self._field_image(item)
+        if image is None:
+            return
+        crop = images.cell_crop(image, cell.centroid, cell.bbox, self.diameters.get(cell.field_id), self.size_px)
+        class_dir = self.out_dir / cell.final_label
+        _check_folder(class_dir)
+        name = f"{PREFIX}{_safe(item.slide_id)}-{cell.id}.png"
+        write_rgb(class_dir / name, crop)
+        self.written[cell.final_label] += 1
+        self.manifest_rows.append([
+            f"{cell.final_label}/{name}", item.slide_id, cell.field_name, cell.id, cell.label, cell.final_label,
+            cell.reviewed_by or "", item.verified_by, item.verified_at.isoformat(),
+        ])
+
+    def _field_image(self, item: VerifiedCell) -> np.ndarray | None:
+        """The cell's field image, read once per field (cells come by field); ``None`` when unreadable."""
+        cell = item.cell
+        if self._loaded is None or self._loaded[0] != cell.field_id:
+            try:
+                self._loaded = (cell.field_id, self.read_field(item.folder, cell.field_name))
+            except BadImageError as error:
+                self._loaded = (cell.field_id, None)
+                self.unreadable.append(f"{item.slide_id}/{cell.field_name}: {error}")
+                logger.warning("slide %s: %s; its cells are not exported", item.slide_id, error)
+        return self._loaded[1]
+
+
+def _write_manifest(path: Path, rows: list[list[Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "slide_id", "field", "cell_id", "model_class", "class", "reviewed_by",
+                         "verified_by", "verified_at"])
+        writer.writerows(rows)
 
 
 def _check_folder(path: Path) -> None:

@@ -31,6 +31,7 @@ from typing import Callable
 
 from smearflow.errors import BadSlideError, SlideConflictError, TransientError
 from smearflow.slides import DEFAULT_MAX_FIELDS
+from smearflow.types import SlideInfo
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,6 @@ def enqueue_slide_folder(
     ValueError
         When nothing exists at ``folder``.
     """
-    from smearflow.db import repository, session_scope, transient_database_errors
     from smearflow.slides import read_slide_folder
 
     folder = Path(os.path.abspath(folder))
@@ -123,6 +123,23 @@ def enqueue_slide_folder(
         info = read_slide_folder(folder, max_fields=max_fields)
     except BadSlideError as exc:
         return reject_folder(session_factory, folder, str(exc), failed_dir=failed_dir)
+    not_sent = _register_queued(
+        session_factory, folder, info,
+        done_dir=done_dir, failed_dir=failed_dir, force=force, reassign=reassign, actor=actor,
+    )
+    if not_sent is not None:
+        return not_sent
+    _send(send, folder, info.slide_id, done_dir, failed_dir)
+    logger.info("enqueued slide %s from %s", info.slide_id, folder)
+    return EnqueueOutcome(info.slide_id, str(folder), "enqueued", "queued")
+
+
+def _register_queued(
+    session_factory, folder: Path, info: SlideInfo, *, done_dir, failed_dir, force: bool, reassign: bool, actor: str | None
+) -> EnqueueOutcome | None:
+    """Register the slide as queued; the outcome when it is skipped or rejected instead, ``None`` to send it."""
+    from smearflow.db import repository, session_scope, transient_database_errors
+
     with transient_database_errors(), session_scope(session_factory) as session:
         slide = repository.get_slide(session, info.slide_id)
         if slide is not None and slide.status in IN_HAND_STATUSES and not force:
@@ -145,15 +162,18 @@ def enqueue_slide_folder(
             )
         except (SlideConflictError, BadSlideError) as exc:
             return _reject_after(session, session_factory, folder, str(exc), info.slide_id, failed_dir)
+    return None
+
+
+def _send(send: SendSlide, folder: Path, slide_id: str, done_dir, failed_dir) -> None:
+    """Send the slide's task; a broker failure is transient (the slide stays queued for reconciliation)."""
     try:
-        send(info.slide_id, _absolute(done_dir), _absolute(failed_dir))
+        send(slide_id, _absolute(done_dir), _absolute(failed_dir))
     except Exception as exc:  # kombu and redis raise many types for an unreachable broker
         raise TransientError(
-            f"{folder}: slide {info.slide_id} is queued but its task was not sent, the broker is unavailable "
+            f"{folder}: slide {slide_id} is queued but its task was not sent, the broker is unavailable "
             f"({type(exc).__name__}: {exc}); reconciliation sends it when the broker is back"
         ) from exc
-    logger.info("enqueued slide %s from %s", info.slide_id, folder)
-    return EnqueueOutcome(info.slide_id, str(folder), "enqueued", "queued")
 
 
 def _absolute(path: str | Path | None) -> str | None:

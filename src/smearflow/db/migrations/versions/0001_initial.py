@@ -27,6 +27,14 @@ def _utc_datetime() -> sa.DateTime:
 
 
 def upgrade() -> None:
+    _create_model_versions_and_patients()
+    _create_slides()
+    _create_results()
+    _create_runs()
+
+
+def _create_model_versions_and_patients() -> None:
+    """The model versions (at most one active) and the patients."""
     op.create_table(
         "model_versions",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -57,6 +65,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("patient_code", name=op.f("uq_patients_patient_code")),
     )
 
+
+def _create_slides() -> None:
+    """The slides, with their patient and the model that analysed them."""
     op.create_table(
         "slides",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -94,6 +105,9 @@ def upgrade() -> None:
     op.create_index(op.f("ix_slides_patient_id"), "slides", ["patient_id"], unique=False)
     op.create_index(op.f("ix_slides_status"), "slides", ["status"], unique=False)
 
+
+def _create_results() -> None:
+    """A slide's fields, their cells and the slide's counts."""
     op.create_table(
         "fields",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -166,6 +180,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("slide_id", "label", name=op.f("uq_slide_counts_slide_id_label")),
     )
 
+
+def _create_runs() -> None:
+    """Benchmark runs and results, and training runs."""
     op.create_table(
         "benchmark_runs",
         sa.Column("id", sa.Integer(), nullable=False),
