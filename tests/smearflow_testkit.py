@@ -5,7 +5,6 @@ import numpy as np
 from smearflow.segmentation import Segmentation
 from smearflow.types import Cell, Classification
 
-
 BAD_IMAGES = [
     (np.zeros((64, 64), np.uint8), "shape"),
     (np.zeros((64, 64, 4), np.uint8), "shape"),
