@@ -5,6 +5,15 @@ import numpy as np
 from smearflow.segmentation import Segmentation
 from smearflow.types import Cell, Classification
 
+BAD_IMAGES = [
+    (np.zeros((64, 64), np.uint8), "shape"),
+    (np.zeros((64, 64, 4), np.uint8), "shape"),
+    (np.zeros((8, 64, 3), np.uint8), "shape"),
+    (np.zeros((64, 64, 3), np.int16), "dtype"),
+    (np.full((64, 64, 3), 2.0), "max=2.0"),
+]
+"""Fields every segmenter and the red-cell diameter estimate refuse, with the part of the error naming what was received."""
+
 
 def planted_cell(kind, row, col, radius=10, counted=True, visible=1.0):
     size = 2 * radius

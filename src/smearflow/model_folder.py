@@ -35,6 +35,7 @@ METADATA_KEYS = ("training", "keras_version", "keras_backend")
 """Sections of ``config.json`` that describe the model's history, not the model."""
 
 ConfigT = TypeVar("ConfigT")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -234,11 +235,22 @@ def read_splits(path: str | Path) -> Splits | None:
     BadModelError
         When ``splits.json`` does not parse or lists something else than names.
     """
-    file = Path(path) / SPLITS_FILE
+    return read_optional_file(Path(path) / SPLITS_FILE, Splits.from_dict, None)
+
+
+def read_optional_file(file: Path, parse: Callable[[dict[str, Any]], T], default: T) -> T:
+    """``parse`` of the JSON object in ``file``, an optional file of a model folder; ``default`` when it is absent.
+
+    Raises
+    ------
+    BadModelError
+        Naming the file, when it does not parse as a JSON object or ``parse``
+        raises ``ValueError``.
+    """
     if not file.is_file():
-        return None
+        return default
     try:
-        return Splits.from_dict(read_json(file))
+        return parse(read_json(file))
     except ValueError as error:
         raise BadModelError(f"{file}: {error}") from None
 

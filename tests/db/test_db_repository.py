@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from smearflow.db import repository as repo
 from smearflow.db.models import BenchmarkResult, Cell, Field, ModelVersion, Slide, SlideCount, TrainingRun
+from smearflow.db.values import parse_iso_time
 from smearflow.errors import BadSlideError
 from smearflow.types import Cell as PipelineCell
 from smearflow.types import ClassifiedCell, FieldResult, SlideResult
@@ -134,6 +135,16 @@ def test_parse_collected_at_forms():
     assert repo.parse_collected_at("") is None
     assert repo.parse_collected_at("2024-03-01T10:00:00Z") == datetime(2024, 3, 1, 10, tzinfo=UTC)
     assert repo.parse_collected_at("2024-03-01 10:00") == datetime(2024, 3, 1, 10, tzinfo=UTC)
+
+
+def test_parse_iso_time_forms():
+    assert parse_iso_time("2026-12-01") == datetime(2026, 12, 1, tzinfo=UTC)
+    assert parse_iso_time("2026-12-01T09:30") == datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    kept = parse_iso_time("2026-12-01T09:30+01:00")
+    assert kept.utcoffset() == timedelta(hours=1) and kept == datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
+    for bad in ("last week", "2026-13-01", ""):
+        with pytest.raises(ValueError):
+            parse_iso_time(bad)
 
 
 def test_reanalysis_replaces_the_previous_result(db_session, make_slide_result):

@@ -40,6 +40,12 @@ def test_a_rejected_folder_has_the_same_keys():
     assert tuple(rejected("/inbox/x", "empty folder")) == SLIDE_RESULT_KEYS
 
 
+def test_review_keys_are_null_before_a_sign_off():
+    review_keys = ("verified_counts", "verified_wbc_total", "artefacts", "changed_cells", "verified_by", "verified_at")
+    for summary in (from_analysis(_result(), FlagConfig()), rejected("/inbox/x", "empty folder")):
+        assert {key: summary[key] for key in review_keys} == dict.fromkeys(review_keys)
+
+
 def test_differential_rows_leave_platelets_out_of_the_percentages():
     rows = {r["class"]: r for r in differential_rows({"neutrophil": 50, "lymphocyte": 50, "platelet": 2})}
     assert rows["neutrophil"]["percent"] == 50.0 and (rows["neutrophil"]["ci_low"], rows["neutrophil"]["ci_high"]) == (39.8, 60.2)

@@ -134,21 +134,6 @@ def test_an_empty_field_has_no_cells():
 
 
 @pytest.mark.parametrize(
-    "image, message",
-    [
-        (np.zeros((64, 64), np.uint8), "shape"),
-        (np.zeros((64, 64, 4), np.uint8), "shape"),
-        (np.zeros((8, 64, 3), np.uint8), "shape"),
-        (np.zeros((64, 64, 3), np.int16), "dtype"),
-        (np.full((64, 64, 3), 2.0), "max=2.0"),
-    ],
-)
-def test_bad_images_are_refused_naming_what_was_received(image, message):
-    with pytest.raises(ValueError, match=message):
-        ClassicalSegmenter().segment(image)
-
-
-@pytest.mark.parametrize(
     "field, value",
     [
         ("rbc_diameter_px", 0.0),

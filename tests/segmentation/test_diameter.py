@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from smearflow_testkit import BAD_IMAGES
 
 from smearflow.segmentation.diameter import DiameterConfig, estimate_rbc_diameter_px
 from smearflow.synthetic import make_smear
@@ -25,16 +26,7 @@ def test_float_images_in_unit_range_give_the_same_estimate():
     assert estimate_rbc_diameter_px(smear.image / 255.0) == estimate_rbc_diameter_px(smear.image)
 
 
-@pytest.mark.parametrize(
-    "image, message",
-    [
-        (np.zeros((64, 64), np.uint8), "shape"),
-        (np.zeros((64, 64, 4), np.uint8), "shape"),
-        (np.zeros((8, 64, 3), np.uint8), "shape"),
-        (np.zeros((64, 64, 3), np.int16), "dtype"),
-        (np.full((64, 64, 3), 2.0), "max=2.0"),
-    ],
-)
+@pytest.mark.parametrize("image, message", BAD_IMAGES)
 def test_bad_images_are_refused_naming_what_was_received(image, message):
     with pytest.raises(ValueError, match=message):
         estimate_rbc_diameter_px(image)

@@ -5,6 +5,7 @@ import inspect
 import math
 
 import pytest
+from smearflow_testkit import BAD_IMAGES
 
 from smearflow.segmentation import SEGMENTERS, Segmentation, Segmenter, make_segmenter
 from smearflow.segmentation.border import edges_touched, is_counted
@@ -57,3 +58,11 @@ def test_a_registered_segmenter_gives_a_valid_segmentation_of_a_synthetic_field(
 def test_a_given_red_cell_diameter_is_the_one_used(name, field):
     segmentation = make_segmenter(name, rbc_diameter_px=field.rbc_diameter_px).segment(field.image)
     assert segmentation.rbc_diameter_px == field.rbc_diameter_px
+
+
+@pytest.mark.parametrize("name", list(SEGMENTERS))
+def test_bad_images_are_refused_naming_what_was_received(name):
+    segmenter = make_segmenter(name)
+    for image, message in BAD_IMAGES:
+        with pytest.raises(ValueError, match=message):
+            segmenter.segment(image)

@@ -24,6 +24,7 @@ from smearflow.segmentation.unet import (
     write_unet_folder,
 )
 from smearflow.segmentation.unet import folder as folder_module
+from smearflow.segmentation.unet.network import working_field
 from smearflow.types import Cell
 
 TINY = UNetConfig(filters=(4, 8), input_size_px=16)
@@ -376,3 +377,12 @@ def test_normalise_field_puts_the_background_at_a_fixed_level_and_validates():
     np.testing.assert_allclose(field[0, 0], 0.8, atol=1e-6)
     with pytest.raises(ValueError, match="uint8 array. Received: shape=\\(4, 4\\)"):
         normalise_field(np.zeros((4, 4), np.uint8))
+
+
+def test_working_field_scales_to_the_working_diameter_within_max_upscale():
+    image = drawn_field()
+    assert working_field(image, 32.0, 32.0, 1.0) is image
+    assert working_field(image, 64.0, 32.0, 1.0).shape == (80, 80, 3)
+    assert working_field(image, 16.0, 32.0, 1.0) is image  # never enlarged beyond max_upscale
+    enlarged = working_field(image, 16.0, 32.0, 1.5)
+    assert enlarged.shape == (240, 240, 3) and enlarged.dtype == np.uint8

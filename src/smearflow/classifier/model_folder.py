@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from smearflow.classifier.calibration import Calibration
-from smearflow.errors import BadModelError
 from smearflow.model_folder import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -30,6 +29,7 @@ from smearflow.model_folder import (
     Splits,
     read_folder,
     read_json,
+    read_optional_file,
     write_folder,
 )
 from smearflow.serialisable import SerialisableConfig
@@ -115,13 +115,7 @@ def read_model_folder(path: str | Path) -> ClassifierFolder:
 
 
 def _read_calibration(path: Path) -> Calibration:
-    file = path / CALIBRATION_FILE
-    if not file.is_file():
-        return Calibration()
-    try:
-        return Calibration.from_dict(read_json(file))
-    except ValueError as error:
-        raise BadModelError(f"{file}: {error}") from None
+    return read_optional_file(path / CALIBRATION_FILE, Calibration.from_dict, Calibration())
 
 
 def write_model_folder(

@@ -49,18 +49,14 @@ def load_flags(path: Path | None):
 
 def parse_since(value: str | None):
     """``--since`` as an aware datetime (a date is midnight UTC; no offset is UTC); bad text ends the command."""
-    from datetime import UTC, date, datetime
+    from smearflow.db.values import parse_iso_time
 
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_iso_time(value)
     except ValueError:
-        try:
-            parsed = datetime.combine(date.fromisoformat(value), datetime.min.time())
-        except ValueError:
-            raise fail(f"--since must be an ISO 8601 date or date-time such as 2026-12-01. Received: {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        raise fail(f"--since must be an ISO 8601 date or date-time such as 2026-12-01. Received: {value!r}") from None
 
 
 def report(

@@ -29,7 +29,6 @@ from smearflow.db.models import (
     Cell,
     Field,
     ModelVersion,
-    Patient,
     Slide,
     SlideCount,
     utc_now,
@@ -41,6 +40,7 @@ from smearflow.db.slides import (
     insert_slide_row,
     upsert_slide,
 )
+from smearflow.db.stored_slides import model_counts, slide_rows
 from smearflow.db.values import (
     check_code,
     check_status,
@@ -330,33 +330,13 @@ def counts_for(
         without ``"platelet"``), ``rbc_count`` and ``platelet_count`` (``None``
         until a result is stored), ``finished_at`` and ``error``.
     """
-    query = (
-        select(Slide, Patient.patient_code, ModelVersion.name)
-        .outerjoin(Patient, Slide.patient_id == Patient.id)
-        .outerjoin(ModelVersion, Slide.model_version_id == ModelVersion.id)
-        .order_by(Slide.slide_code)
-    )
-    if patient_code is not None:
-        query = query.where(Patient.patient_code == patient_code)
-    if slide_code is not None:
-        query = query.where(Slide.slide_code == slide_code)
-    rows = session.execute(query).all()
+    rows = slide_rows(session, patient_code=patient_code, slide_code=slide_code)
     if not rows:
         return []
-
-    slide_ids = [slide.id for slide, _, _ in rows]
-    counts_by_slide: dict[int, dict[str, int]] = {slide_id: {} for slide_id in slide_ids}
-    count_query = (
-        select(SlideCount.slide_id, SlideCount.label, SlideCount.count)
-        .where(SlideCount.slide_id.in_(slide_ids))
-        .order_by(SlideCount.slide_id, SlideCount.label)
-    )
-    for slide_id, label, n in session.execute(count_query):
-        counts_by_slide[slide_id][label] = n
-
+    counts_by_slide = model_counts(session, [slide.id for slide, _, _ in rows])
     report = []
     for slide, patient, model_name in rows:
-        counts = counts_by_slide[slide.id]
+        counts = counts_by_slide.get(slide.id, {})
         report.append(
             {
                 "slide_id": slide.slide_code,

@@ -102,25 +102,11 @@ def stored_slides(
     -------
     list of StoredSlide
     """
-    query = (
-        select(Slide, Patient.patient_code, ModelVersion.name)
-        .outerjoin(Patient, Slide.patient_id == Patient.id)
-        .outerjoin(ModelVersion, Slide.model_version_id == ModelVersion.id)
-        .order_by(Slide.slide_code)
-    )
-    if patient_code is not None:
-        query = query.where(Patient.patient_code == patient_code)
-    if slide_code is not None:
-        query = query.where(Slide.slide_code == slide_code)
-    if status is not None:
-        query = query.where(Slide.status == status)
-    if limit is not None:
-        query = query.limit(limit)
-    rows = session.execute(query).all()
+    rows = slide_rows(session, patient_code=patient_code, slide_code=slide_code, status=status, limit=limit)
     if not rows:
         return []
     slide_ids = [slide.id for slide, _, _ in rows]
-    counts = _model_counts(session, slide_ids)
+    counts = model_counts(session, slide_ids)
     fields = _fields(session, slide_ids)
     cells = _cell_tallies(session, slide_ids, uncertain_below)
     signoffs = latest_signoffs(session, slide_ids)
@@ -146,7 +132,49 @@ def stored_slides(
     return result
 
 
-def _model_counts(session: Session, slide_ids: list[int]) -> dict[int, dict[str, int]]:
+def slide_rows(
+    session: Session,
+    *,
+    patient_code: str | None = None,
+    slide_code: str | None = None,
+    status: str | None = None,
+    limit: int | None = None,
+) -> list[tuple[Slide, str | None, str | None]]:
+    """Every matching slide with its patient code and model version name, ordered by slide code.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+    patient_code, slide_code, status : str, optional
+        Filters, combined with AND; an unknown code matches nothing.
+    limit : int, optional
+        At most this many slides.
+
+    Returns
+    -------
+    list of (Slide, str or None, str or None)
+        The slide, its patient code and its model version name (``None`` when
+        the slide has no patient or no model).
+    """
+    query = (
+        select(Slide, Patient.patient_code, ModelVersion.name)
+        .outerjoin(Patient, Slide.patient_id == Patient.id)
+        .outerjoin(ModelVersion, Slide.model_version_id == ModelVersion.id)
+        .order_by(Slide.slide_code)
+    )
+    if patient_code is not None:
+        query = query.where(Patient.patient_code == patient_code)
+    if slide_code is not None:
+        query = query.where(Slide.slide_code == slide_code)
+    if status is not None:
+        query = query.where(Slide.status == status)
+    if limit is not None:
+        query = query.limit(limit)
+    return [tuple(row) for row in session.execute(query).all()]
+
+
+def model_counts(session: Session, slide_ids: list[int]) -> dict[int, dict[str, int]]:
+    """The stored (model's) counts ``{label: n}`` of each slide that has any, labels sorted."""
     counts: dict[int, dict[str, int]] = defaultdict(dict)
     query = (
         select(SlideCount.slide_id, SlideCount.label, SlideCount.count)

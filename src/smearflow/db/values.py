@@ -70,6 +70,23 @@ def parse_collected_at(value: str | None, slide_id: str = "?") -> datetime | Non
     return parsed.astimezone(UTC)
 
 
+def parse_iso_time(value: str) -> datetime:
+    """An ISO 8601 date (midnight) or date-time as an aware datetime; without an offset it is UTC.
+
+    Unlike :func:`parse_collected_at` an offset is kept as given, not converted to UTC.
+
+    Raises
+    ------
+    ValueError
+        When ``value`` is neither an ISO 8601 date nor a date-time.
+    """
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = datetime.combine(date.fromisoformat(value), datetime.min.time())
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def jsonable(value: Any, name: str) -> Any:
     """Plain JSON values from metrics that may hold numpy scalars and arrays."""
     if value is None or isinstance(value, (bool, str)):

@@ -100,6 +100,12 @@ CSV_COLUMNS = (
 ``rbc_segmented``, whose ``count`` is the segmenter's total."""
 
 
+_NOT_VERIFIED = dict.fromkeys(
+    ("verified_counts", "verified_wbc_total", "artefacts", "changed_cells", "verified_by", "verified_at")
+)
+"""The review keys of a slide result no reviewer has signed off: all ``null``."""
+
+
 def _wbc_total(counts: dict[str, int]) -> int:
     return sum(n for label, n in counts.items() if label != "platelet")
 
@@ -171,12 +177,7 @@ def from_analysis(result, config: FlagConfig | None = None) -> dict[str, Any]:
         "uncertain_wbc": uncertain,
         "rbc_count": result.rbc_count,
         "platelet_count": result.platelet_count,
-        "verified_counts": None,
-        "verified_wbc_total": None,
-        "artefacts": None,
-        "changed_cells": None,
-        "verified_by": None,
-        "verified_at": None,
+        **_NOT_VERIFIED,
         "errors": list(result.errors),
     }
     return _assemble(base, uncertain, config)
@@ -231,12 +232,7 @@ def rejected(folder: str, reason: str, slide_id: str | None = None, status: str 
         "uncertain_wbc": 0,
         "rbc_count": 0,
         "platelet_count": 0,
-        "verified_counts": None,
-        "verified_wbc_total": None,
-        "artefacts": None,
-        "changed_cells": None,
-        "verified_by": None,
-        "verified_at": None,
+        **_NOT_VERIFIED,
         "flags": [],
         "errors": [reason],
     }

@@ -13,7 +13,7 @@ import functools
 import hmac
 import os
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import datetime
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from smearflow import WBC_CLASSES
 from smearflow.db import review as repo
 from smearflow.db.engine import session_scope
 from smearflow.db.models import SLIDE_STATUSES
+from smearflow.db.values import parse_iso_time
 from smearflow.reporting import images
 from smearflow.reporting.flags import FlagConfig
 from smearflow.reporting.report import gallery
@@ -99,13 +100,9 @@ def parse_since(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_iso_time(value)
     except ValueError:
-        try:
-            parsed = datetime.combine(date.fromisoformat(value), datetime.min.time())
-        except ValueError:
-            raise Refused(400, f"since must be an ISO 8601 date or date-time. Received: since={value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        raise Refused(400, f"since must be an ISO 8601 date or date-time. Received: since={value!r}") from None
 
 
 def check_status(status: str | None) -> str | None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from smearflow.datasets import image_files, read_boxes_field, read_mask_field
 from smearflow.errors import BadDatasetError
-from smearflow.segmentation.unet.network import CHANNELS, normalise_field
+from smearflow.segmentation.unet.network import CHANNELS, normalise_field, working_field
 from smearflow.segmentation.unet.targets import MIN_RBC_BOXES, box_targets, mask_targets, rbc_diameter_from_boxes
 
 __all__ = ["PatchSampler", "TrainingImage", "load_box_dataset", "load_mask_dataset"]
@@ -86,11 +86,10 @@ def load_mask_dataset(
         raise ValueError(f"rbc_diameter_px must be positive. Received: rbc_diameter_px={rbc_diameter_px}")
     path = Path(path)
     images = image_files(path)
-    scale = _working_scale(rbc_diameter_px, working_rbc_diameter_px, max_upscale)
     out = []
     for name in names:
         image, label_mask = read_mask_field(path, name, images)
-        work = _resize_image(image, scale)
+        work = working_field(image, rbc_diameter_px, working_rbc_diameter_px, max_upscale)
         target, weight = mask_targets(label_mask)
         target = np.stack([_resize_binary(target[..., c], work.shape[:2]) for c in range(len(CHANNELS))], -1)
         weight = np.stack([_resize_binary(weight[..., c], work.shape[:2]) for c in range(len(CHANNELS))], -1)
@@ -156,8 +155,7 @@ def load_box_dataset(
     out = []
     for name, image, boxes, diameter in fields:
         diameter = diameter if diameter is not None else fallback
-        scale = _working_scale(diameter, working_rbc_diameter_px, max_upscale)
-        work = _resize_image(image, scale)
+        work = working_field(image, diameter, working_rbc_diameter_px, max_upscale)
         factor_rows, factor_cols = work.shape[0] / image.shape[0], work.shape[1] / image.shape[1]
         scaled = {
             kind: [
@@ -169,19 +167,6 @@ def load_box_dataset(
         target, weight = box_targets(normalised, scaled, diameter * math.sqrt(factor_rows * factor_cols), band)
         out.append(TrainingImage(f"{path.name}/{name}", "boxes", normalised, target, weight))
     return out
-
-
-def _working_scale(rbc_diameter_px: float, working_rbc_diameter_px: float, max_upscale: float) -> float:
-    return min(max_upscale, working_rbc_diameter_px / rbc_diameter_px)
-
-
-def _resize_image(image: np.ndarray, scale: float) -> np.ndarray:
-    rows, cols = image.shape[:2]
-    shape = (max(1, round(rows * scale)), max(1, round(cols * scale)))
-    if shape == (rows, cols):
-        return image
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(image, (shape[1], shape[0]), interpolation=interpolation)
 
 
 def _resize_binary(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

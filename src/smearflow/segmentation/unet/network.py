@@ -16,21 +16,24 @@ partial: a training image may supervise some channels at some pixels only
 (see :func:`smearflow.segmentation.unet.loss.masked_segmentation_loss` and
 :mod:`smearflow.segmentation.unet.targets`).
 
-The input is divided by the field's own background colour
-(:func:`normalise_field`) so that the stain cast and lamp colour do not matter.
+The input is a field resized to the working red-cell diameter
+(:func:`working_field`), the same in training and in use, divided by the
+field's own background colour (:func:`normalise_field`) so that the stain
+cast and lamp colour do not matter.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import cv2
 import keras
 import numpy as np
 from keras import layers
 
 from smearflow.segmentation.colour import background_rgb
 
-__all__ = ["CHANNELS", "UNET_ARCHITECTURES", "build_unet", "check_filters", "normalise_field"]
+__all__ = ["CHANNELS", "UNET_ARCHITECTURES", "build_unet", "check_filters", "normalise_field", "working_field"]
 
 CHANNELS = ("nucleus", "wbc", "rbc", "platelet")
 """Output channels of the network, in order."""
@@ -155,3 +158,34 @@ def normalise_field(image: np.ndarray) -> np.ndarray:
     background = background_rgb(image, _BACKGROUND_SAMPLES)
     scale = (1.0 / (_NORMALISED_MAX * np.maximum(background, 1.0))).astype(np.float32)
     return np.clip(image.astype(np.float32) * scale, 0.0, 1.0)
+
+
+def working_field(
+    image: np.ndarray, rbc_diameter_px: float, working_rbc_diameter_px: float, max_upscale: float
+) -> np.ndarray:
+    """A field resized so that its red-cell diameter becomes ``working_rbc_diameter_px``.
+
+    The scale is ``min(max_upscale, working_rbc_diameter_px / rbc_diameter_px)``;
+    shrinking uses area interpolation, enlarging bilinear. A field whose size
+    would not change is returned as it is.
+
+    Parameters
+    ----------
+    image : ndarray of shape (M, N, ...)
+        The field.
+    rbc_diameter_px : float
+        Its red-cell diameter in pixels, positive.
+    working_rbc_diameter_px, max_upscale : float
+        The network's scale (see :class:`~smearflow.segmentation.unet.config.UNetConfig`).
+
+    Returns
+    -------
+    ndarray of shape (m, n, ...), the dtype of ``image``
+    """
+    scale = min(max_upscale, working_rbc_diameter_px / rbc_diameter_px)
+    rows, cols = image.shape[:2]
+    shape = (max(1, round(rows * scale)), max(1, round(cols * scale)))
+    if shape == (rows, cols):
+        return image
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=interpolation)

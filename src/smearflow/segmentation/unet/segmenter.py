@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 from keras import ops
 
@@ -24,7 +23,7 @@ from smearflow.segmentation.diameter import estimate_rbc_diameter_px
 from smearflow.segmentation.regions import as_rgb_uint8
 from smearflow.segmentation.unet.config import UNetConfig
 from smearflow.segmentation.unet.folder import UNetModelFolder, load_network, packaged_model_dir, read_unet_folder
-from smearflow.segmentation.unet.network import normalise_field
+from smearflow.segmentation.unet.network import normalise_field, working_field
 from smearflow.segmentation.unet.postprocess import cells_from_probabilities
 
 __all__ = ["UNetSegmenter", "build_segmenter"]
@@ -131,16 +130,9 @@ class UNetSegmenter:
         rbc_diameter_px = self.rbc_diameter_px
         if rbc_diameter_px is None:
             rbc_diameter_px = estimate_rbc_diameter_px(image)
-        rows, cols = image.shape[:2]
-        scale = min(self.config.max_upscale, self.config.working_rbc_diameter_px / rbc_diameter_px)
-        work_shape = (max(1, round(rows * scale)), max(1, round(cols * scale)))
-        if work_shape != (rows, cols):
-            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-            work = cv2.resize(image, (work_shape[1], work_shape[0]), interpolation=interpolation)
-        else:
-            work = image
+        work = working_field(image, rbc_diameter_px, self.config.working_rbc_diameter_px, self.config.max_upscale)
         probabilities = self.predict_probabilities(normalise_field(work))
-        return cells_from_probabilities(probabilities, (rows, cols), float(rbc_diameter_px), self.config)
+        return cells_from_probabilities(probabilities, image.shape[:2], float(rbc_diameter_px), self.config)
 
     def predict_probabilities(self, field_normalised: np.ndarray) -> np.ndarray:
         """Run the network on a whole normalised field, padding and tiling as needed.
