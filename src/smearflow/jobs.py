@@ -45,7 +45,8 @@ class Analyzer:
         segmenter = make_segmenter(
             config.segmenter, rbc_diameter_px=rbc_diameter_px, model_dir=segmentation_model_dir
         )
-        return cls(segmenter=segmenter, classifier=Classifier.load(model_dir), config=config)
+        classifier = Classifier.load(model_dir, precision=config.inference_precision)
+        return cls(segmenter=segmenter, classifier=classifier, config=config)
 
     def analyze(
         self,
