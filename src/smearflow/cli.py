@@ -469,9 +469,9 @@ def export_crops_command(
 
 
 def _register_command_modules() -> None:
-    from smearflow.commands import deployment, quality, review, segmentation, training
+    from smearflow.commands import bench, deployment, quality, review, segmentation, training
 
-    for module in (training, segmentation, quality, deployment, review):
+    for module in (training, segmentation, quality, deployment, review, bench):
         module.register(app)
 
 
