@@ -90,11 +90,13 @@ def prepare_field(name: str, image: np.ndarray, segmenter, config: PipelineConfi
     cells = tuple(segmentation.cells)
     chosen = cells_to_classify(cells, config)
     side_px = crop_side_px(segmentation.rbc_diameter_px, config.crop.crop_side_rbc_diameters)
+    # one crop_cells call per field: it measures the field's background colour each time
+    all_crops = crop_cells(image, [cells[i] for i in chosen], side_px, config.crop.crop_size_px)
     crops = {}
     for kind in CLASSIFIED_KINDS:
-        indices = [i for i in chosen if cells[i].kind == kind]
-        if indices:
-            crops[kind] = (indices, crop_cells(image, [cells[i] for i in indices], side_px, config.crop.crop_size_px))
+        rows = [row for row, i in enumerate(chosen) if cells[i].kind == kind]
+        if rows:
+            crops[kind] = ([chosen[row] for row in rows], all_crops[rows])
     return PreparedField(
         name=name,
         cells=cells,
