@@ -365,3 +365,26 @@ def test_pipeline_settings_are_checked():
     with pytest.raises(ValueError, match="inference_precision must be one of"):
         PipelineConfig(inference_precision="float16")
     assert PipelineConfig.from_dict(PipelineConfig(batch_size=16, inference_precision="bfloat16").to_dict()).batch_size == 16
+
+
+def test_a_large_input_is_classified_in_smaller_forward_passes():
+    from smearflow.pipeline import forward_batch_size
+
+    class Sized(ContentClassifier):
+        def __init__(self, image_size):
+            super().__init__()
+            self.image_size = image_size
+            self.batch_sizes = []
+
+        def classify(self, crops, batch_size=32, exclude=()):
+            self.batch_sizes.append(batch_size)
+            return super().classify(crops, batch_size, exclude)
+
+    config = PipelineConfig(check_quality=False)
+    assert [forward_batch_size(Sized(side), config) for side in (32, 64, 224, 600)] == [64, 64, 5, 1]
+    assert forward_batch_size(ContentClassifier(), config) == 64
+    hybrid = Sized(224)
+    analyze_slide(_info(3), PlantedSegmenter(PLANTED), hybrid, config, read_image=_noise_reader())
+    assert set(hybrid.batch_sizes) == {5}
+    with pytest.raises(ValueError, match="max_batch_pixels must be at least 1. Received: max_batch_pixels=0"):
+        PipelineConfig(max_batch_pixels=0)

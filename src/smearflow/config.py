@@ -191,6 +191,12 @@ class PipelineConfig(SerialisableConfig):
         segmentation either way).
     batch_size : int
         Crops per classifier call, gathered across the fields of a slide.
+    max_batch_pixels : int
+        Most input pixels (crops × side²) in one forward pass of the network:
+        a large network's pass is cut below ``batch_size`` crops, as its
+        activation memory grows with the batch (about 150 MB per 224 px crop
+        for the hybrid on a CPU). The default keeps 64 crops at 64 px and
+        takes 5 at 224 px.
     prefetch_fields : int
         Fields read, checked and segmented ahead in a background thread while
         the classifier works (0: none, everything in the caller's thread).
@@ -222,6 +228,7 @@ class PipelineConfig(SerialisableConfig):
     min_visible_fraction: float = 0.6
     classify_platelets: bool = True
     batch_size: int = 64
+    max_batch_pixels: int = 64 * 64 * 64
     prefetch_fields: int = 2
     inference_precision: str = "float32"
     wbc_never_platelet: bool = True
@@ -253,7 +260,7 @@ class PipelineConfig(SerialisableConfig):
             raise ValueError(
                 f"confidence_threshold must be in [0, 1]. Received: confidence_threshold={self.confidence_threshold}"
             )
-        for name in ("max_field_pixels", "min_field_side_px"):
+        for name in ("max_field_pixels", "min_field_side_px", "max_batch_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
         if isinstance(self.crop, dict):

@@ -126,10 +126,21 @@ def finish_field(field: PreparedField, labels: dict[int, Classification]) -> Fie
     )
 
 
+def forward_batch_size(classifier, config: PipelineConfig) -> int:
+    """Crops per forward pass of the network: ``config.batch_size``, fewer for a large input (``max_batch_pixels``).
+
+    A classifier without ``image_size`` (a stand-in) gets ``config.batch_size``.
+    """
+    side_px = getattr(classifier, "image_size", None)
+    if not side_px:
+        return config.batch_size
+    return max(1, min(config.batch_size, config.max_batch_pixels // (side_px * side_px)))
+
+
 def classify_kind(kind: str, crops: np.ndarray, classifier, config: PipelineConfig) -> list[Classification]:
     """Classify crops of one kind of cell and judge the answers (see :func:`judge`)."""
     exclude = _ruled_out_for_wbc(classifier, config) if kind == "wbc" else ()
-    answers = classifier.classify(crops, batch_size=config.batch_size, exclude=exclude)
+    answers = classifier.classify(crops, batch_size=forward_batch_size(classifier, config), exclude=exclude)
     return judge(kind, answers, classifier, config)
 
 

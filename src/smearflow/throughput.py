@@ -4,7 +4,8 @@
 
 - the parts, one at a time: reading a field, checking and segmenting it,
   cropping its cells (``prepare``), the classifier network alone on ready
-  tensors at the production batch size (the ceiling), storing a slide;
+  tensors at the production batch size (the ceiling: the pipeline's forward
+  pass, :func:`smearflow.pipeline.forward_batch_size`), storing a slide;
 - the whole pipeline on a slide folder of those fields, stored in a SQLite
   database (``pipeline``), while the resident memory is sampled;
 - the naive baseline: one ``model.predict`` per cell.
@@ -40,7 +41,7 @@ from smearflow.config import PipelineConfig
 from smearflow.db import make_engine, session_factory, session_scope, upgrade_database
 from smearflow.imageio import is_image_file, read_rgb, write_rgb
 from smearflow.jobs import Analyzer, analyze_folder, store_result
-from smearflow.pipeline import PreparedField, prepare_field
+from smearflow.pipeline import PreparedField, forward_batch_size, prepare_field
 from smearflow.synthetic import make_smear
 from smearflow.training.machine import machine_description
 
@@ -315,11 +316,12 @@ def model_figures(
     size = classifier.image_size
     # warm-up: a worker classifies many slides with one loaded model; its first call is not a slide's cost
     crop_px = config.crop.crop_size_px
-    classifier.predict_proba(np.zeros((config.batch_size, crop_px, crop_px, 3), np.uint8), batch_size=config.batch_size)
+    forward = forward_batch_size(classifier, config)
+    classifier.predict_proba(np.zeros((config.batch_size, crop_px, crop_px, 3), np.uint8), batch_size=forward)
     run = pipeline_run(slide_folder, Analyzer(segmenter, classifier, config), database_url)
-    ceiling = classifier_ceiling(classifier.model, size, config.batch_size, min_seconds=min_seconds)
+    ceiling = classifier_ceiling(classifier.model, size, forward, min_seconds=min_seconds)
     half = with_precision(classifier.model, "bfloat16") if classifier.precision == "float32" else classifier.model
-    ceiling_bfloat16 = classifier_ceiling(half, size, config.batch_size, min_seconds=min_seconds)
+    ceiling_bfloat16 = classifier_ceiling(half, size, forward, min_seconds=min_seconds)
     del half
     crops = [crop for _, crop in stages.crops[:naive_cells]]
     naive = naive_rate(classifier.model, crops, size) if crops else None
@@ -334,6 +336,7 @@ def model_figures(
         "architecture": classifier.folder.architecture,
         "image_size": size,
         "precision": classifier.precision,
+        "forward_batch_size": forward,
         "read_ms_per_field": 1000 * stages.read_s / n,
         "segmentation_ms_per_field": 1000 * stages.segmentation_s / n,
         "prepare_ms_per_field": 1000 * stages.prepare_s / n,
