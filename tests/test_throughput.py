@@ -17,10 +17,12 @@ def _bench(*args):
 
 
 def test_bench_json_has_every_figure_for_both_models(tiny_model_dir):
+    # each model measured in a spawned process of its own, as bench runs by default
     result = _bench("--model", str(tiny_model_dir), "--fields", "2", "--json", *TINY)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["fields"] == 2 and report["batch_size"] == 64 and report["data"].startswith("synthetic")
+    assert report["isolated"] is True
     assert [m["forward_batch_size"] for m in report["models"]] == [64, 64]
     assert [m["name"] for m in report["models"]] == [str(tiny_model_dir), "cnn 32 px, random weights"]
     for model in report["models"]:
@@ -32,7 +34,9 @@ def test_bench_json_has_every_figure_for_both_models(tiny_model_dir):
 
 def test_bench_measures_real_files_from_a_folder_and_prints_a_table(tiny_model_dir, tmp_path):
     fields = write_synthetic_fields(tmp_path / "fields", 2, n_distinct=2)
-    result = _bench("--model", str(tiny_model_dir), "--fields", "3", "--data", str(fields[0].parent), *TINY)
+    result = _bench(
+        "--model", str(tiny_model_dir), "--fields", "3", "--data", str(fields[0].parent), "--no-isolate", *TINY
+    )
     assert result.exit_code == 0, result.output
     for figure in FIGURES:
         assert figure in result.stdout
@@ -46,10 +50,11 @@ def test_bench_measures_real_files_from_a_folder_and_prints_a_table(tiny_model_d
         (["--data", "/nonexistent/fields"], "--data must be a folder of field images"),
         (["--precision", "float16"], "inference_precision must be one of"),
         (["--model", "/nonexistent/model"], "nonexistent/model"),
+        (["--fields", "1", "--no-isolate", "--reference-architecture", "nonet"], "Unknown architecture 'nonet'"),
     ],
 )
 def test_bench_refuses_bad_options(args, message):
-    result = _bench(*args, *TINY)
+    result = _bench(*TINY, *args)
     assert result.exit_code == 2
     assert message in result.output.replace("\n", "")
 
@@ -68,6 +73,6 @@ def test_field_images_repeat_a_small_folder_and_refuse_an_empty_one(tmp_path):
 
 def test_measuring_needs_images_models_and_crops(tmp_path):
     with pytest.raises(ValueError, match="Received: 0 images, 0 models"):
-        measure_throughput([], [], tmp_path, segmenter=None)
+        measure_throughput([], [], tmp_path)
     with pytest.raises(ValueError, match="at least one crop. Received: 0 crops"):
         naive_rate(model=None, crops=np.zeros((0, 8, 8, 3), np.uint8), image_size=8)

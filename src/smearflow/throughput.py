@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smearflow.classifier.model_folder import write_model_folder
 from smearflow.classifier.precision import with_precision
 from smearflow.classifier.preprocessing import resize_rgb
 from smearflow.config import PipelineConfig
@@ -42,7 +43,9 @@ from smearflow.db import make_engine, session_factory, session_scope, upgrade_da
 from smearflow.imageio import is_image_file, read_rgb, write_rgb
 from smearflow.jobs import Analyzer, analyze_folder, store_result
 from smearflow.pipeline import PreparedField, forward_batch_size, prepare_field
+from smearflow.segmentation import make_segmenter
 from smearflow.synthetic import make_smear
+from smearflow.training.architectures import build_model
 from smearflow.training.machine import machine_description
 
 logger = logging.getLogger(__name__)
@@ -72,20 +75,43 @@ _RSS_SAMPLE_S = 0.01
 
 @dataclass(frozen=True)
 class ModelUnderTest:
-    """A classifier to measure and how to name it in the report.
+    """A classifier to measure: a model folder, or an architecture built with random weights.
 
     Attributes
     ----------
     name : str
         ``packaged``, or what the model is (``hybrid 224 px, random weights``).
-    load : callable
-        ``() -> Classifier`` at the precision the pipeline uses; called just
-        before the model is measured, so that one model's memory is not
-        counted in another's peak.
+    model_dir : str or Path, optional
+        Its model folder (the packaged model when neither this nor
+        ``architecture`` is given).
+    architecture : str, optional
+        A registered architecture to build with random weights (speed only).
+    image_size : int
+        The built architecture's input side.
+    classes : tuple of str
+        The built architecture's classes.
     """
 
     name: str
-    load: Callable[[], object]
+    model_dir: str | Path | None = None
+    architecture: str | None = None
+    image_size: int = 224
+    classes: tuple[str, ...] = ()
+
+    def load(self, precision: str, work_dir: str | Path):
+        """The :class:`~smearflow.classifier.classifier.Classifier`; a built one is written to ``work_dir`` first."""
+        from smearflow.classifier.classifier import Classifier
+
+        if self.architecture is None:
+            return Classifier.load(self.model_dir, precision=precision)
+        folder = write_model_folder(
+            Path(work_dir) / f"{self.architecture}-{self.image_size}px",
+            build_model(self.architecture, self.image_size, len(self.classes)),
+            config={"architecture": self.architecture, "image_size": self.image_size},
+            classes=self.classes,
+            metrics={"note": "random weights: measured for speed only"},
+        )
+        return Classifier.load(folder.path, precision=precision)
 
 
 @dataclass
@@ -186,12 +212,18 @@ def _timed_calls(call: Callable[[], object], min_seconds: float, min_calls: int)
     return calls, time.perf_counter() - start
 
 
-def classifier_ceiling(model, image_size: int, batch_size: int, *, min_seconds: float = 3.0, seed: int = 0) -> float:
-    """Cells per second of the network alone: ready float32 tensors, ``batch_size`` per call, inference mode."""
+def classifier_ceiling(
+    model, image_size: int, batch_size: int, *, min_seconds: float = 3.0, min_cells: int = 64, seed: int = 0
+) -> float:
+    """Cells per second of the network alone: ready float32 tensors, ``batch_size`` per call, inference mode.
+
+    Measured over at least ``min_seconds`` and ``min_cells`` (and two calls).
+    """
     import keras
 
     batch = np.random.default_rng(seed).integers(0, 256, size=(batch_size, image_size, image_size, 3)).astype(np.float32)
-    calls, seconds = _timed_calls(lambda: keras.ops.convert_to_numpy(model(batch, training=False)), min_seconds, 2)
+    min_calls = max(2, -(-min_cells // batch_size))
+    calls, seconds = _timed_calls(lambda: keras.ops.convert_to_numpy(model(batch, training=False)), min_seconds, min_calls)
     return calls * batch_size / seconds
 
 
@@ -304,24 +336,28 @@ def model_figures(
     model: ModelUnderTest,
     slide_folder: Path,
     stages: FieldStageTimes,
-    segmenter,
     config: PipelineConfig,
     database_url: str,
     *,
     min_seconds: float = 3.0,
     naive_cells: int = 32,
 ) -> dict:
-    """Every figure of :data:`FIGURES` for one model, on fields whose stages were timed already."""
-    classifier = model.load()
+    """Every figure of :data:`FIGURES` for one model, on fields whose stages were timed already.
+
+    Meant to run in a process of its own (see :func:`measure_throughput`):
+    ``peak_rss_mb`` is then this model's alone, as in a worker.
+    """
+    segmenter = make_segmenter(config.segmenter)
+    classifier = model.load(config.inference_precision, slide_folder.parent)
     size = classifier.image_size
     # warm-up: a worker classifies many slides with one loaded model; its first call is not a slide's cost
     crop_px = config.crop.crop_size_px
     forward = forward_batch_size(classifier, config)
     classifier.predict_proba(np.zeros((config.batch_size, crop_px, crop_px, 3), np.uint8), batch_size=forward)
     run = pipeline_run(slide_folder, Analyzer(segmenter, classifier, config), database_url)
-    ceiling = classifier_ceiling(classifier.model, size, forward, min_seconds=min_seconds)
+    ceiling = classifier_ceiling(classifier.model, size, forward, min_seconds=min_seconds, min_cells=config.batch_size)
     half = with_precision(classifier.model, "bfloat16") if classifier.precision == "float32" else classifier.model
-    ceiling_bfloat16 = classifier_ceiling(half, size, forward, min_seconds=min_seconds)
+    ceiling_bfloat16 = classifier_ceiling(half, size, forward, min_seconds=min_seconds, min_cells=config.batch_size)
     del half
     crops = [crop for _, crop in stages.crops[:naive_cells]]
     naive = naive_rate(classifier.model, crops, size) if crops else None
@@ -363,14 +399,18 @@ def measure_throughput(
     images: Sequence[Path],
     models: Sequence[ModelUnderTest],
     work_dir: str | Path,
-    segmenter,
     config: PipelineConfig = PipelineConfig(),
     *,
     min_seconds: float = 3.0,
     naive_cells: int = 32,
+    isolate: bool = True,
     on_step: Callable[[str], None] | None = None,
 ) -> dict:
     """Measure every model on the same fields: the figures of :data:`FIGURES` and what they were measured on.
+
+    Reading and segmentation are timed once, here; each model is then
+    measured in a fresh process (``isolate``), so that its peak memory is its
+    own, as in a worker that loads one model.
 
     Parameters
     ----------
@@ -378,15 +418,16 @@ def measure_throughput(
         Field image files (a slide of them is copied into ``work_dir``).
     models : sequence of ModelUnderTest
     work_dir : str or Path
-        An empty folder for the slide folders and the SQLite database.
-    segmenter
-        Anything with ``segment(image)``.
+        An empty folder for the slide folders, built models and the SQLite database.
     config : PipelineConfig
-        The pipeline's settings (``batch_size`` is also the ceiling's batch).
+        The pipeline's settings: its segmenter, batch sizes and precision.
     min_seconds : float
         Least time each classifier ceiling is measured over.
     naive_cells : int
         Cells the naive baseline classifies one by one.
+    isolate : bool
+        Measure each model in a process of its own (spawned); False measures
+        them here, one after the other (their memory adds up).
     on_step : callable, optional
         Called with a short description of each step as it starts (progress).
 
@@ -394,14 +435,13 @@ def measure_throughput(
     -------
     dict
         ``machine``, ``fields``, ``batch_size``, ``prefetch_fields``,
-        ``slide_wbc`` and ``models``: one dict per model with every figure.
+        ``slide_wbc``, ``isolated`` and ``models``: one dict per model with every figure.
 
     Raises
     ------
     ValueError
         When there is no image or no model.
     """
-
     if not images or not models:
         raise ValueError(f"measure_throughput needs images and models. Received: {len(images)} images, {len(models)} models")
     step = on_step or (lambda text: None)
@@ -409,21 +449,32 @@ def measure_throughput(
     database_url = f"sqlite:///{work_dir / 'throughput.db'}"
     upgrade_database(database_url)
     step(f"timing read and segmentation of {len(images)} fields")
-    stages = field_stage_times(images, segmenter, config, keep_crops=naive_cells)
+    stages = field_stage_times(images, make_segmenter(config.segmenter), config, keep_crops=naive_cells)
     figures = []
     for i, model in enumerate(models):
         slide = make_slide_folder(images, work_dir / f"bench-slide-{i}")
         step(f"measuring {model.name}")
-        figures.append(
-            model_figures(
-                model, slide, stages, segmenter, config, database_url, min_seconds=min_seconds, naive_cells=naive_cells
-            )
-        )
+        arguments = (model, slide, stages, config, database_url)
+        options = {"min_seconds": min_seconds, "naive_cells": naive_cells}
+        if isolate:
+            figures.append(_in_fresh_process(model_figures, *arguments, **options))
+        else:
+            figures.append(model_figures(*arguments, **options))
     return {
         "machine": machine_description(),
         "fields": len(images),
         "batch_size": config.batch_size,
         "prefetch_fields": config.prefetch_fields,
         "slide_wbc": SLIDE_WBC,
+        "isolated": isolate,
         "models": figures,
     }
+
+
+def _in_fresh_process(function, *args, **kwargs):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the parent may hold TensorFlow's threads and a fork would copy its memory
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args, **kwargs).result()

@@ -37,6 +37,9 @@ def bench(
     reference_size: Annotated[int, typer.Option(hidden=True, help="Its input side in pixels.")] = REFERENCE_SIZE_PX,
     min_seconds: Annotated[float, typer.Option(hidden=True, help="Least time per classifier ceiling.")] = 3.0,
     naive_cells: Annotated[int, typer.Option(hidden=True, help="Cells of the one-predict-per-cell baseline.")] = 32,
+    isolate: Annotated[
+        bool, typer.Option("--isolate/--no-isolate", hidden=True, help="Measure each model in a process of its own.")
+    ] = True,
 ):
     """Measure throughput, from field image files to stored counts, for the model and the hybrid at 224 px.
 
@@ -64,7 +67,7 @@ def bench(
         try:
             report = _measure(
                 Path(work), model, fields, data, config, reference_architecture, reference_size, min_seconds,
-                naive_cells, console if show else None,
+                naive_cells, isolate, console if show else None,
             )
         except (PermanentError, ValueError) as error:
             raise fail(str(error)) from None
@@ -75,41 +78,25 @@ def bench(
     _print_report(stdout_console(), report)
 
 
-def _measure(work: Path, model_dir, n_fields, data, config, architecture, size_px, min_seconds, naive_cells, console):
-    from smearflow.classifier.classifier import Classifier, default_model_dir
-    from smearflow.classifier.model_folder import read_model_folder, write_model_folder
-    from smearflow.segmentation import make_segmenter
+def _measure(work: Path, model_dir, n_fields, data, config, architecture, size_px, min_seconds, naive_cells, isolate, console):
+    from smearflow.classifier.classifier import default_model_dir
+    from smearflow.classifier.model_folder import read_model_folder
     from smearflow.throughput import ModelUnderTest, field_images, measure_throughput, write_synthetic_fields
-    from smearflow.training.architectures import build_model
 
     def step(text: str) -> None:
         if console is not None:
             console.print(text, highlight=False)
 
+    classes = read_model_folder(model_dir if model_dir is not None else default_model_dir()).classes
     images = field_images(data, n_fields) if data is not None else write_synthetic_fields(work / "synthetic", n_fields)
-    packaged_dir = model_dir if model_dir is not None else default_model_dir()
-    classes = read_model_folder(packaged_dir).classes
-
-    def load_reference():
-        folder = write_model_folder(
-            work / "reference-model",
-            build_model(architecture, size_px, len(classes)),
-            config={"architecture": architecture, "image_size": size_px},
-            classes=classes,
-            metrics={"note": "random weights: measured for speed only"},
-        )
-        return Classifier.load(folder.path, precision=config.inference_precision)
-
     models = [
+        ModelUnderTest("packaged" if model_dir is None else str(model_dir), model_dir=model_dir),
         ModelUnderTest(
-            "packaged" if model_dir is None else str(model_dir),
-            lambda: Classifier.load(packaged_dir, precision=config.inference_precision),
+            f"{architecture} {size_px} px, random weights", architecture=architecture, image_size=size_px, classes=classes
         ),
-        ModelUnderTest(f"{architecture} {size_px} px, random weights", load_reference),
     ]
     return measure_throughput(
-        images, models, work, make_segmenter(config.segmenter), config, min_seconds=min_seconds,
-        naive_cells=naive_cells, on_step=step,
+        images, models, work, config, min_seconds=min_seconds, naive_cells=naive_cells, isolate=isolate, on_step=step
     )
 
 
