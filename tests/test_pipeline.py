@@ -381,10 +381,10 @@ def test_a_large_input_is_classified_in_smaller_forward_passes():
             return super().classify(crops, batch_size, exclude)
 
     config = PipelineConfig(check_quality=False)
-    assert [forward_batch_size(Sized(side), config) for side in (32, 64, 224, 600)] == [64, 64, 5, 1]
+    assert [forward_batch_size(Sized(side), config) for side in (32, 64, 224, 600)] == [64, 36, 3, 1]
     assert forward_batch_size(ContentClassifier(), config) == 64
     hybrid = Sized(224)
     analyze_slide(_info(3), PlantedSegmenter(PLANTED), hybrid, config, read_image=_noise_reader())
-    assert set(hybrid.batch_sizes) == {5}
+    assert set(hybrid.batch_sizes) == {3}
     with pytest.raises(ValueError, match="max_batch_pixels must be at least 1. Received: max_batch_pixels=0"):
         PipelineConfig(max_batch_pixels=0)

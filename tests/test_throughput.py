@@ -23,7 +23,7 @@ def test_bench_json_has_every_figure_for_both_models(tiny_model_dir):
     report = json.loads(result.stdout)
     assert report["fields"] == 2 and report["batch_size"] == 64 and report["data"].startswith("synthetic")
     assert report["isolated"] is True
-    assert [m["forward_batch_size"] for m in report["models"]] == [64, 64]
+    assert [m["forward_batch_size"] for m in report["models"]] == [64, 64]  # 32 px inputs
     assert [m["name"] for m in report["models"]] == [str(tiny_model_dir), "cnn 32 px, random weights"]
     for model in report["models"]:
         missing = [figure for figure in FIGURES if figure not in model]
@@ -76,3 +76,14 @@ def test_measuring_needs_images_models_and_crops(tmp_path):
         measure_throughput([], [], tmp_path)
     with pytest.raises(ValueError, match="at least one crop. Received: 0 crops"):
         naive_rate(model=None, crops=np.zeros((0, 8, 8, 3), np.uint8), image_size=8)
+
+
+def test_a_built_architecture_is_written_before_it_is_loaded(tmp_path):
+    from smearflow.throughput import ModelUnderTest
+
+    built = ModelUnderTest("cnn 32 px", architecture="cnn", image_size=32, classes=("a", "b"))
+    with pytest.raises(ValueError, match="write cnn 32 px to a model folder before loading it"):
+        built.load("float32")
+    written = built.write(tmp_path)
+    assert written.architecture is None and written.load("float32").classes == ("a", "b")
+    assert written.write(tmp_path) is written

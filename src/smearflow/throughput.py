@@ -98,12 +98,13 @@ class ModelUnderTest:
     image_size: int = 224
     classes: tuple[str, ...] = ()
 
-    def load(self, precision: str, work_dir: str | Path):
-        """The :class:`~smearflow.classifier.classifier.Classifier`; a built one is written to ``work_dir`` first."""
-        from smearflow.classifier.classifier import Classifier
+    def write(self, work_dir: str | Path) -> "ModelUnderTest":
+        """A built architecture written as a model folder in ``work_dir`` (a folder is returned as it is).
 
+        The measured process then loads a folder, as a worker does, and holds no second copy.
+        """
         if self.architecture is None:
-            return Classifier.load(self.model_dir, precision=precision)
+            return self
         folder = write_model_folder(
             Path(work_dir) / f"{self.architecture}-{self.image_size}px",
             build_model(self.architecture, self.image_size, len(self.classes)),
@@ -111,7 +112,21 @@ class ModelUnderTest:
             classes=self.classes,
             metrics={"note": "random weights: measured for speed only"},
         )
-        return Classifier.load(folder.path, precision=precision)
+        return ModelUnderTest(self.name, model_dir=folder.path)
+
+    def load(self, precision: str):
+        """The :class:`~smearflow.classifier.classifier.Classifier` of a model folder (see :meth:`write`).
+
+        Raises
+        ------
+        ValueError
+            When the model is an architecture not written yet.
+        """
+        from smearflow.classifier.classifier import Classifier
+
+        if self.architecture is not None:
+            raise ValueError(f"write {self.name} to a model folder before loading it. Received: architecture={self.architecture!r}")
+        return Classifier.load(self.model_dir, precision=precision)
 
 
 @dataclass
@@ -348,7 +363,7 @@ def model_figures(
     ``peak_rss_mb`` is then this model's alone, as in a worker.
     """
     segmenter = make_segmenter(config.segmenter)
-    classifier = model.load(config.inference_precision, slide_folder.parent)
+    classifier = model.load(config.inference_precision)
     size = classifier.image_size
     # warm-up: a worker classifies many slides with one loaded model; its first call is not a slide's cost
     crop_px = config.crop.crop_size_px
@@ -454,7 +469,7 @@ def measure_throughput(
     for i, model in enumerate(models):
         slide = make_slide_folder(images, work_dir / f"bench-slide-{i}")
         step(f"measuring {model.name}")
-        arguments = (model, slide, stages, config, database_url)
+        arguments = (model.write(work_dir), slide, stages, config, database_url)
         options = {"min_seconds": min_seconds, "naive_cells": naive_cells}
         if isolate:
             figures.append(_in_fresh_process(model_figures, *arguments, **options))
