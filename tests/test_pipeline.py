@@ -132,14 +132,29 @@ def test_any_error_in_segmenting_one_field_fails_that_field_only(error):
     assert message.startswith("f1.png: could not be analysed") and type(error).__name__ in message
 
 
+class FailingForPixel:
+    """A classifier stand-in that raises ``error`` whenever a crop it is given is uniformly ``value``."""
+
+    def __init__(self, inner, value, error):
+        self.inner, self.value, self.error = inner, value, error
+        self.classes = getattr(inner, "classes", ())
+        self.version = getattr(inner, "version", None)
+
+    def classify(self, crops, **kwargs):
+        if (crops == self.value).all(axis=(1, 2, 3)).any():
+            raise self.error
+        return self.inner.classify(crops, **kwargs)
+
+
 def test_an_error_in_classifying_or_reading_one_field_fails_that_field_only():
+    # Crops of several fields share a classifier call; the batch that fails is retried field by field.
     info = _info(n_fields=3)
-    classifier = FailingOn(ColumnClassifier(["lymphocyte", "lymphocyte"]), 1, RuntimeError("out of memory"))
+    classifier = FailingForPixel(ColumnClassifier(["lymphocyte"]), 90, RuntimeError("out of memory"))
 
     def read(path):
         if path.endswith("f2.png"):
             raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
-        return np.full((100, 120, 3), 200, np.uint8)
+        return np.full((100, 120, 3), 90 if path.endswith("f0.png") else 200, np.uint8)
 
     result = analyze_slide(info, PlantedSegmenter([_cell("wbc", 50, 50)]), classifier, CONFIG, read_image=read)
     assert [f.status for f in result.fields] == ["failed", "done", "failed"]
@@ -208,3 +223,168 @@ def test_the_configured_confidence_threshold_wins_over_the_models():
     assert result.uncertain_wbc == 1
     with pytest.raises(ValueError, match="confidence_threshold must be in \\[0, 1\\]"):
         PipelineConfig(confidence_threshold=1.5)
+
+
+# --- batching across fields, bounded overlap ---
+
+
+def _noise_reader(seed=0):
+    """Each field a different random image, so that every crop differs."""
+
+    def read(path):
+        field_seed = seed + int(path.rsplit("f", 1)[1].split(".")[0])
+        return np.random.default_rng(field_seed).integers(0, 256, size=(100, 120, 3), dtype=np.uint8)
+
+    return read
+
+
+class ContentClassifier:
+    """Answers from each crop's own pixels (its mean colour picks the class); records every call."""
+
+    version = "content-1"
+    classes = ("lymphocyte", "neutrophil", "platelet")
+    confidence_threshold = 0.0
+
+    def __init__(self):
+        self.calls = []
+
+    def classify(self, crops, batch_size=32, exclude=()):
+        from smearflow.types import Classification
+
+        self.calls.append((len(crops), exclude))
+        answers = []
+        for crop in crops:
+            p = crop.reshape(-1, 3).mean(axis=0) + 1.0
+            p = p / p.sum()
+            best = int(np.argmax(p))
+            answers.append(Classification(self.classes[best], float(p[best]), tuple(float(x) for x in p)))
+        return answers
+
+
+PLANTED = [_cell("wbc", 50, 50), _cell("wbc", 30, 90), _cell("platelet", 80, 20, radius=3)]
+
+
+def test_crops_of_many_fields_share_classifier_calls_and_get_the_classes_they_get_alone():
+    from smearflow.pipeline import analyze_field
+
+    info = _info(n_fields=7)
+    batched = ContentClassifier()
+    config = PipelineConfig(check_quality=False, batch_size=4)
+    result = analyze_slide(info, PlantedSegmenter(PLANTED), batched, config, read_image=_noise_reader())
+    # 14 white-cell crops in calls of 4, 4, 4, 2; 7 platelet crops in 4, 3: 6 calls instead of 14
+    assert sorted(n for n, _ in batched.calls) == [2, 3, 4, 4, 4, 4]
+    read = _noise_reader()
+    for path, field in zip(info.field_paths, result.fields):
+        alone = analyze_field(field.name, read(path), PlantedSegmenter(PLANTED), ContentClassifier(), PipelineConfig(check_quality=False, batch_size=1))
+        assert field == alone
+
+
+def test_batched_classes_match_cell_by_cell_with_a_real_model(tiny_model_dir):
+    from smearflow.classifier.classifier import Classifier
+    from smearflow.pipeline import analyze_field
+
+    classifier = Classifier.load(tiny_model_dir)
+    info = _info(n_fields=5)
+    result = analyze_slide(
+        info, PlantedSegmenter(PLANTED), classifier, PipelineConfig(check_quality=False, batch_size=4), read_image=_noise_reader()
+    )
+    read = _noise_reader()
+    one_by_one = PipelineConfig(check_quality=False, batch_size=1)
+    for path, field in zip(info.field_paths, result.fields):
+        alone = analyze_field(field.name, read(path), PlantedSegmenter(PLANTED), classifier, one_by_one)
+        assert field.wbc_counts == alone.wbc_counts
+        for batched_cell, alone_cell in zip(field.cells, alone.cells):
+            if alone_cell.classification is None:
+                assert batched_cell.classification is None
+                continue
+            assert batched_cell.classification.label == alone_cell.classification.label
+            np.testing.assert_allclose(
+                batched_cell.classification.probabilities, alone_cell.classification.probabilities, atol=1e-5
+            )
+
+
+def test_a_classifier_that_answers_for_too_few_crops_fails_those_fields():
+    class Forgetful(ContentClassifier):
+        def classify(self, crops, batch_size=32, exclude=()):
+            return super().classify(crops, batch_size, exclude)[:-1]
+
+    result = analyze_slide(_info(2), PlantedSegmenter(PLANTED), Forgetful(), CONFIG, read_image=_noise_reader())
+    assert [f.status for f in result.fields] == ["failed", "failed"]
+    assert "answered 1 times for 2 crops" in result.errors[0]
+
+
+def test_a_field_without_crops_does_not_wait_for_a_batch():
+    seen = []
+    analyze_slide(
+        _info(3), PlantedSegmenter([_cell("rbc", 20, 20)]), ContentClassifier(), CONFIG, read_image=_reader(), on_field=seen.append
+    )
+    assert [f.status for f in seen] == ["done"] * 3
+
+
+@pytest.mark.parametrize("prefetch_fields", [0, 2])
+def test_a_long_slide_never_holds_all_its_images_or_crops(monkeypatch, prefetch_fields):
+    """200 fields: the images and crop arrays alive at once stay a handful (weak references count them)."""
+    import threading
+    import weakref
+
+    from smearflow.segmentation import crops as crops_module
+
+    lock = threading.Lock()
+    live = {"image": 0, "crops": 0}
+    peak = {"image": 0, "crops": 0}
+
+    def track(kind, array):
+        def gone():
+            with lock:
+                live[kind] -= 1
+
+        with lock:
+            live[kind] += 1
+            peak[kind] = max(peak[kind], live[kind])
+        weakref.finalize(array, gone)
+        return array
+
+    read = _reader()
+    crop_cells = crops_module.crop_cells
+    monkeypatch.setattr(crops_module, "crop_cells", lambda *a, **k: track("crops", crop_cells(*a, **k)))
+    config = PipelineConfig(check_quality=False, batch_size=8, prefetch_fields=prefetch_fields)
+    result = analyze_slide(
+        _info(200), PlantedSegmenter(PLANTED), ContentClassifier(), config, read_image=lambda p: track("image", read(p))
+    )
+    assert result.status == "done" and result.wbc_total == 400
+    # at most: one field being read, the prepared fields queued, one being classified
+    assert peak["image"] <= prefetch_fields + 2
+    # two crop arrays per field (white cells, platelets); a batch of 8 waits on at most 8 fields
+    assert peak["crops"] <= 2 * (8 + prefetch_fields + 2)
+    assert live == {"image": 0, "crops": 0}
+
+
+def test_pipeline_settings_are_checked():
+    with pytest.raises(ValueError, match="prefetch_fields must be a whole number of at least 0. Received: prefetch_fields=-1"):
+        PipelineConfig(prefetch_fields=-1)
+    with pytest.raises(ValueError, match="inference_precision must be one of"):
+        PipelineConfig(inference_precision="float16")
+    assert PipelineConfig.from_dict(PipelineConfig(batch_size=16, inference_precision="bfloat16").to_dict()).batch_size == 16
+
+
+def test_a_large_input_is_classified_in_smaller_forward_passes():
+    from smearflow.pipeline import forward_batch_size
+
+    class Sized(ContentClassifier):
+        def __init__(self, image_size):
+            super().__init__()
+            self.image_size = image_size
+            self.batch_sizes = []
+
+        def classify(self, crops, batch_size=32, exclude=()):
+            self.batch_sizes.append(batch_size)
+            return super().classify(crops, batch_size, exclude)
+
+    config = PipelineConfig(check_quality=False)
+    assert [forward_batch_size(Sized(side), config) for side in (32, 64, 224, 600)] == [64, 36, 3, 1]
+    assert forward_batch_size(ContentClassifier(), config) == 64
+    hybrid = Sized(224)
+    analyze_slide(_info(3), PlantedSegmenter(PLANTED), hybrid, config, read_image=_noise_reader())
+    assert set(hybrid.batch_sizes) == {3}
+    with pytest.raises(ValueError, match="max_batch_pixels must be at least 1. Received: max_batch_pixels=0"):
+        PipelineConfig(max_batch_pixels=0)

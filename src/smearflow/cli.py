@@ -22,6 +22,7 @@ from smearflow.commands.common import (
     fail,
     open_database,
     plain_metavars,
+    progress_wanted,
     quiet_native_startup,
     setup_logging,
     stderr_console,
@@ -133,21 +134,24 @@ def run_analysis(paths, analyzer, session_factory, show_progress: bool = True, *
     One slide never stops the others: a folder that is not a slide, a patient
     conflict, an unexpected error or a database failure becomes that slide's
     summary, and the next slide goes on. ``options`` go to :func:`analyze_one`.
+    The progress shows the slides done and the current slide's fields done.
     """
-    from rich.progress import Progress
+    from smearflow.commands.common import SlideProgress
 
     summaries = []
-    with Progress(console=stderr_console(), disable=not show_progress, transient=True) as progress:
-        task = progress.add_task("slides", total=len(paths))
+    with SlideProgress(len(paths), enabled=show_progress) as progress:
         for path in paths:
-            progress.update(task, description=f"slide {Path(path).name}")
-            summaries.append(analyze_one(path, analyzer, session_factory, on_field=lambda field: progress.refresh(), **options))
-            progress.advance(task)
+            summaries.append(
+                analyze_one(
+                    path, analyzer, session_factory, on_start=progress.start_slide, on_field=progress.field_done, **options
+                )
+            )
+            progress.slide_done()
     return summaries
 
 
 def analyze_one(
-    path, analyzer, session_factory, *, on_field=None, reassign=False, max_fields=2000, flag_config=None
+    path, analyzer, session_factory, *, on_start=None, on_field=None, reassign=False, max_fields=2000, flag_config=None
 ) -> dict:
     """Analyse and store one slide folder; every problem ends up in the returned summary.
 
@@ -166,7 +170,7 @@ def analyze_one(
     summary = None
     try:
         try:
-            result = analyze_folder(path, analyzer, on_field=on_field, max_fields=max_fields)
+            result = analyze_folder(path, analyzer, on_field=on_field, max_fields=max_fields, on_start=on_start)
         except BadSlideError as error:
             return _reject(session_factory, path, str(error))
         summary = slide_summary(result, flag_config)
@@ -245,7 +249,7 @@ def analyze(
     except (PermanentError, ValueError) as error:
         raise fail(str(error)) from None
     summaries = run_analysis(
-        paths, analyzer, factory, show_progress=not as_json, reassign=reassign, max_fields=max_fields,
+        paths, analyzer, factory, show_progress=progress_wanted(as_json), reassign=reassign, max_fields=max_fields,
         flag_config=flag_config,
     )
     if as_json:
@@ -465,9 +469,9 @@ def export_crops_command(
 
 
 def _register_command_modules() -> None:
-    from smearflow.commands import deployment, quality, review, segmentation, training
+    from smearflow.commands import bench, deployment, quality, review, segmentation, training
 
-    for module in (training, segmentation, quality, deployment, review):
+    for module in (training, segmentation, quality, deployment, review, bench):
         module.register(app)
 
 

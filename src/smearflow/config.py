@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from smearflow.segmentation.registry import check_segmenter_name
 from smearflow.serialisable import SerialisableConfig
 
+INFERENCE_PRECISIONS = ("float32", "bfloat16")
+"""Number formats the classifier can compute in (``PipelineConfig.inference_precision``)."""
+
+
 @dataclass(frozen=True)
 class CropConfig(SerialisableConfig):
     """How a cell is cut out of its field for the classifier.
@@ -186,7 +190,21 @@ class PipelineConfig(SerialisableConfig):
         Also crop and classify platelet candidates (their count comes from
         segmentation either way).
     batch_size : int
-        Crops per classifier call.
+        Crops per classifier call, gathered across the fields of a slide.
+    max_batch_pixels : int
+        Most input pixels (crops × side²) in one forward pass of the network:
+        a large network's pass is cut below ``batch_size`` crops, as its
+        activation memory grows with the batch (about 150 MB per 224 px crop
+        for the hybrid on a CPU). The default takes 36 crops at 64 px and 3
+        at 224 px (the hybrid stays under 2 GB; with 5 it peaked at 2.2 GB).
+    prefetch_fields : int
+        Fields read, checked and segmented ahead in a background thread while
+        the classifier works (0: none, everything in the caller's thread).
+        Memory holds about this many prepared fields, never the whole slide.
+    inference_precision : {"float32", "bfloat16"}
+        Numbers the classifier computes with: ``bfloat16`` runs the network
+        under Keras' ``mixed_bfloat16`` policy (weights stay float32); faster
+        only on hardware with bfloat16 arithmetic.
     wbc_never_platelet : bool
         A candidate the segmenter found as a white cell (nucleus and
         cytoplasm, white-cell size) gets the most probable white-cell class:
@@ -209,7 +227,10 @@ class PipelineConfig(SerialisableConfig):
     segmenter: str = "classical"
     min_visible_fraction: float = 0.6
     classify_platelets: bool = True
-    batch_size: int = 32
+    batch_size: int = 64
+    max_batch_pixels: int = 3 * 224 * 224
+    prefetch_fields: int = 2
+    inference_precision: str = "float32"
     wbc_never_platelet: bool = True
     crop: CropConfig = CropConfig()
     max_field_pixels: int = 40_000_000
@@ -226,11 +247,20 @@ class PipelineConfig(SerialisableConfig):
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1. Received: batch_size={self.batch_size}")
+        if isinstance(self.prefetch_fields, bool) or not isinstance(self.prefetch_fields, int) or self.prefetch_fields < 0:
+            raise ValueError(
+                f"prefetch_fields must be a whole number of at least 0. Received: prefetch_fields={self.prefetch_fields!r}"
+            )
+        if self.inference_precision not in INFERENCE_PRECISIONS:
+            raise ValueError(
+                f"inference_precision must be one of {list(INFERENCE_PRECISIONS)}. "
+                f"Received: inference_precision={self.inference_precision!r}"
+            )
         if self.confidence_threshold is not None and not 0.0 <= self.confidence_threshold <= 1.0:
             raise ValueError(
                 f"confidence_threshold must be in [0, 1]. Received: confidence_threshold={self.confidence_threshold}"
             )
-        for name in ("max_field_pixels", "min_field_side_px"):
+        for name in ("max_field_pixels", "min_field_side_px", "max_batch_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
         if isinstance(self.crop, dict):

@@ -45,7 +45,8 @@ class Analyzer:
         segmenter = make_segmenter(
             config.segmenter, rbc_diameter_px=rbc_diameter_px, model_dir=segmentation_model_dir
         )
-        return cls(segmenter=segmenter, classifier=Classifier.load(model_dir), config=config)
+        classifier = Classifier.load(model_dir, precision=config.inference_precision)
+        return cls(segmenter=segmenter, classifier=classifier, config=config)
 
     def analyze(
         self,
@@ -68,6 +69,7 @@ def analyze_folder(
     *,
     max_fields: int = DEFAULT_MAX_FIELDS,
     propagate: tuple[type[BaseException], ...] = (),
+    on_start: Callable[[SlideInfo], None] | None = None,
 ) -> SlideResult:
     """Read a slide folder and analyse it.
 
@@ -83,6 +85,8 @@ def analyze_folder(
         A folder with more field images is refused.
     propagate : tuple of exception types
         Errors that end the slide instead of one field (a task's time limit).
+    on_start : callable, optional
+        Called with the slide's :class:`SlideInfo` before its first field (a progress bar's total).
 
     Raises
     ------
@@ -95,6 +99,8 @@ def analyze_folder(
     info = read_slide_folder(folder, max_fields=max_fields)
     if slide_id is not None and slide_id != info.slide_id:
         info = dataclasses.replace(info, slide_id=slide_id)
+    if on_start is not None:
+        on_start(info)
     return analyzer.analyze(info, on_field=on_field, propagate=propagate)
 
 

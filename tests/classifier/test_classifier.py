@@ -162,3 +162,23 @@ def test_a_hybrid_model_folder_loads_as_model_dir_and_classifies_crops(tiny_hybr
     assert len(results) == 3 and all(r.label != "platelet" for r in results)
     assert all(len(r.probabilities) == len(classifier.classes) for r in results)
     np.testing.assert_allclose([sum(r.probabilities) for r in results], 1.0, rtol=1e-5)
+
+
+def test_bfloat16_inference_gives_nearly_the_same_probabilities(tiny_model_dir):
+    classifier = Classifier.load(tiny_model_dir)
+    half = Classifier.load(tiny_model_dir, precision="bfloat16")
+    assert half.precision == "bfloat16" and half.version == classifier.version
+    assert half.model.layers[2].dtype_policy.name == "mixed_bfloat16"
+    assert half.model.get_layer("probabilities").dtype_policy.name == "float32"
+    crops = np.random.default_rng(1).integers(0, 256, size=(6, 40, 40, 3), dtype=np.uint8)
+    full_p, half_p = classifier.predict_proba(crops), half.predict_proba(crops)
+    assert half_p.dtype == np.float32
+    np.testing.assert_allclose(half_p, full_p, atol=0.02)
+
+
+def test_an_unknown_precision_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'bfloat16'\]. Received: precision='int8'"):
+        Classifier.load(tiny_model_dir, precision="int8")
+    loaded = Classifier.load(tiny_model_dir)
+    with pytest.raises(ValueError, match="Received: precision='fp16'"):
+        Classifier(loaded.model, loaded.folder, precision="fp16")

@@ -85,3 +85,21 @@ def test_background_colour_ignores_the_darker_cells_and_glare(field):
 def test_bad_arguments_are_refused(image, side, out, message):
     with pytest.raises(ValueError, match=message):
         crop_cells(image, [_cell_at(5, 5)], side_px=side, out_size_px=out)
+
+
+def _background_by_numpy(image):
+    """The definition background_colour computes by counting levels: percentiles and median by numpy."""
+    pixels = image.reshape(-1, 3)
+    brightness = pixels.astype(np.int32).sum(axis=1)
+    low, high = np.percentile(brightness, (80, 97))
+    chosen = pixels[(brightness >= low) & (brightness <= high)]
+    return np.median(chosen if len(chosen) else pixels, axis=0).round().astype(np.uint8)
+
+
+def test_background_colour_equals_numpys_percentiles_and_median():
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, size=(rng.integers(1, 50), rng.integers(1, 50), 3), dtype=np.uint8) for _ in range(300)]
+    images += [rng.integers(100, 102, size=(2, 3, 3), dtype=np.uint8) for _ in range(100)]
+    images += [np.full((4, 5, 3), value, np.uint8) for value in (0, 17, 255)]
+    for image in images:
+        assert np.array_equal(background_colour(image), _background_by_numpy(image))

@@ -1,7 +1,7 @@
 """A real Celery worker whose fields and trainings take longer: the fault tests' way to be "mid-slide".
 
 The delays are injected here, in the tests, by wrapping the pipeline's
-``analyze_field`` and ``train_classifier``; the product has no such setting.
+``prepare_field`` (read, check, segment and crop one field) and ``train_classifier``; the product has no such setting.
 Run as ``python tests/worker/slow_worker.py worker ...`` with
 ``TEST_FIELD_DELAY_S`` (seconds per field) and ``TEST_TRAIN_DELAY_S``
 (seconds before each training) set; prefork pool processes inherit the wrappers.
@@ -14,15 +14,15 @@ import time
 from smearflow import pipeline
 
 _DELAY_S = float(os.environ.get("TEST_FIELD_DELAY_S", "0"))
-_analyze_field = pipeline.analyze_field
+_prepare_field = pipeline.prepare_field
 
 
-def _slow_analyze_field(*args, **kwargs):
+def _slow_prepare_field(*args, **kwargs):
     time.sleep(_DELAY_S)
-    return _analyze_field(*args, **kwargs)
+    return _prepare_field(*args, **kwargs)
 
 
-pipeline.analyze_field = _slow_analyze_field
+pipeline.prepare_field = _slow_prepare_field
 
 _TRAIN_DELAY_S = float(os.environ.get("TEST_TRAIN_DELAY_S", "0"))
 if _TRAIN_DELAY_S:

@@ -56,6 +56,9 @@ def test_every_variable_is_read():
         "SMEARFLOW_MAX_REQUEUES": "7",
         "SMEARFLOW_MAX_FIELDS": "300",
         "SMEARFLOW_MAX_FIELD_PIXELS": "1000000",
+        "SMEARFLOW_CLASSIFY_BATCH_SIZE": "16",
+        "SMEARFLOW_PREFETCH_FIELDS": "0",
+        "SMEARFLOW_INFERENCE_PRECISION": "bfloat16",
     }
     s = WorkerSettings.from_env(env)
     assert (s.broker_url, s.result_backend, s.database_url) == (
@@ -73,6 +76,7 @@ def test_every_variable_is_read():
     assert (s.retrain_metric, s.retrain_margin, s.timezone) == ("accuracy", 0.02, "Europe/Madrid")
     assert (s.lease_s, s.heartbeat_s, s.reconcile_interval_s, s.queued_grace_s) == (40, 10, 20, 30)
     assert (s.max_requeues, s.max_fields, s.max_field_pixels) == (7, 300, 1_000_000)
+    assert (s.classify_batch_size, s.prefetch_fields, s.inference_precision) == (16, 0, "bfloat16")
 
 
 def test_queue_names_can_be_overridden_one_by_one():
@@ -122,6 +126,9 @@ def test_from_env_names_the_bad_variable(env, message):
         ({"max_requeues": -1}, "max_requeues must be at least 0"),
         ({"max_fields": 0}, "max_fields must be at least 1"),
         ({"max_field_pixels": 0}, "max_field_pixels must be at least 1"),
+        ({"classify_batch_size": 0}, "classify_batch_size must be at least 1"),
+        ({"prefetch_fields": -1}, "prefetch_fields must be at least 0"),
+        ({"inference_precision": "float16"}, r"inference_precision must be one of \['float32', 'bfloat16'\]"),
     ],
 )
 def test_settings_validate(kwargs, message):

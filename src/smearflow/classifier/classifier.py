@@ -10,6 +10,7 @@ import numpy as np
 
 from smearflow.classifier.calibration import Calibration, apply_temperature, tta_views
 from smearflow.classifier.model_folder import ClassifierFolder, read_model_folder
+from smearflow.classifier.precision import check_precision, with_precision
 from smearflow.classifier.preprocessing import resize_batch
 from smearflow.errors import BadModelError
 from smearflow.types import Classification
@@ -35,6 +36,9 @@ class Classifier:
     calibration : Calibration or dict, optional
         Replaces ``folder.calibration`` (training fits it before the folder
         is written).
+    precision : {"float32", "bfloat16"}
+        What the network computes in (see
+        :func:`smearflow.classifier.precision.with_precision`).
 
     Attributes
     ----------
@@ -45,10 +49,19 @@ class Classifier:
         :meth:`is_uncertain`).
     test_time_augmentation : str
         Views averaged inside :meth:`predict_proba`.
+    precision : str
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``precision``.
     """
 
-    def __init__(self, model, folder: ClassifierFolder, calibration: Calibration | dict | None = None):
-        self.model = model
+    def __init__(
+        self, model, folder: ClassifierFolder, calibration: Calibration | dict | None = None, precision: str = "float32"
+    ):
+        self.precision = check_precision(precision)
+        self.model = with_precision(model, precision)
         self.folder = folder
         self.classes = folder.classes
         self.image_size = folder.image_size
@@ -67,16 +80,20 @@ class Classifier:
         return self.folder.version
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Classifier":
-        """Load a model folder (the packaged default when ``path`` is None).
+    def load(cls, path: str | Path | None = None, precision: str = "float32") -> "Classifier":
+        """Load a model folder (the packaged default when ``path`` is None), to compute in ``precision``.
 
         Raises
         ------
         BadModelError
             When the folder is invalid, the network does not load, or its
             output size differs from the number of classes.
+        ValueError
+            For an unknown ``precision``.
         """
         import keras
+
+        check_precision(precision)
 
         folder = read_model_folder(default_model_dir() if path is None else path)
         try:
@@ -89,7 +106,7 @@ class Classifier:
                 f"{folder.path}: network has {n_outputs} outputs but classes.json lists {len(folder.classes)} classes"
             )
         logger.info("loaded classifier %s from %s", folder.version, folder.path)
-        return cls(model, folder)
+        return cls(model, folder, precision=precision)
 
     def predict_proba(self, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Calibrated class probabilities for crops.
@@ -123,7 +140,9 @@ class Classifier:
         outputs = [
             np.mean(
                 [
-                    keras.ops.convert_to_numpy(self.model(view[i : i + batch_size].astype(np.float32), training=False))
+                    keras.ops.convert_to_numpy(
+                        self.model(view[i : i + batch_size].astype(np.float32), training=False)
+                    ).astype(np.float32)
                     for view in views
                 ],
                 axis=0,

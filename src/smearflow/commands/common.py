@@ -107,6 +107,61 @@ def quiet_native_startup() -> None:
         sys.meta_path.insert(0, _QuietNativeStartup())
 
 
+def progress_wanted(as_json: bool) -> bool:
+    """Show progress bars: not with ``--json``, nor when stdout is not a terminal (a pipe, a file, a service)."""
+    import sys
+
+    return not as_json and sys.stdout.isatty()
+
+
+class SlideProgress:
+    """Progress of an analysis run: the slides done, and the fields done of the slide being analysed.
+
+    Parameters
+    ----------
+    n_slides : int
+    enabled : bool
+        False shows nothing (see :func:`progress_wanted`).
+    console : rich.console.Console, optional
+        Where to draw; standard error by default.
+    """
+
+    def __init__(self, n_slides: int, *, enabled: bool = True, console=None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console or stderr_console(),
+            disable=not enabled,
+            transient=True,
+        )
+        self.slides = self.progress.add_task("slides", total=n_slides)
+        self.fields = self.progress.add_task("fields", total=None, visible=False)
+
+    def __enter__(self) -> "SlideProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.progress.__exit__(*exc_info)
+
+    def start_slide(self, info) -> None:
+        """A slide's fields start (``info``: its :class:`~smearflow.types.SlideInfo`)."""
+        self.progress.reset(
+            self.fields, total=len(info.field_paths), description=f"slide {info.slide_id}: fields", visible=True
+        )
+
+    def field_done(self, field=None) -> None:
+        """One field of the current slide is done (called with its result)."""
+        self.progress.advance(self.fields)
+
+    def slide_done(self) -> None:
+        self.progress.advance(self.slides)
+
+
 def stderr_console():
     from rich.console import Console
 

@@ -52,6 +52,12 @@ Variables (default in brackets):
     field images one slide folder may hold [2000]
 ``SMEARFLOW_MAX_FIELD_PIXELS``
     pixels one field may have, checked from its header before decoding [40000000]
+``SMEARFLOW_CLASSIFY_BATCH_SIZE``
+    crops per classifier call, gathered across the fields of a slide [64]
+``SMEARFLOW_PREFETCH_FIELDS``
+    fields read and segmented ahead in a background thread while the classifier works [2]
+``SMEARFLOW_INFERENCE_PRECISION``
+    float32 or bfloat16 (faster on hardware with bfloat16 arithmetic; check its accuracy first) [float32]
 ``SMEARFLOW_SOFT_TIME_LIMIT_S``
     soft time limit of one slide (then recorded failed) [1200]
 ``SMEARFLOW_TIME_LIMIT_S``
@@ -101,6 +107,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smearflow.serialisable import SerialisableConfig
+from smearflow.config import INFERENCE_PRECISIONS
 from smearflow.segmentation.registry import check_segmenter_name
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -172,6 +179,9 @@ class WorkerSettings(SerialisableConfig):
     max_requeues: int = 5
     max_fields: int = 2000
     max_field_pixels: int = 40_000_000
+    classify_batch_size: int = 64
+    prefetch_fields: int = 2
+    inference_precision: str = "float32"
     soft_time_limit_s: float = 1200.0
     time_limit_s: float = 1500.0
     training_time_limit_s: float = 14400.0
@@ -208,7 +218,7 @@ class WorkerSettings(SerialisableConfig):
         check_segmenter_name(self.segmenter)
         for name, least in (
             ("max_attempts", 1), ("max_retries", 0), ("max_requeues", 0), ("max_fields", 1), ("max_field_pixels", 1),
-            ("max_training_attempts", 1), ("keep_candidates", 0),
+            ("max_training_attempts", 1), ("keep_candidates", 0), ("classify_batch_size", 1), ("prefetch_fields", 0),
         ):
             value = getattr(self, name)
             if value < least:
@@ -250,6 +260,11 @@ class WorkerSettings(SerialisableConfig):
             raise ValueError(f"restore_interval_s must be positive. Received: restore_interval_s={self.restore_interval_s}")
         if self.rbc_diameter_px is not None and not self.rbc_diameter_px > 0:
             raise ValueError(f"rbc_diameter_px must be positive. Received: rbc_diameter_px={self.rbc_diameter_px}")
+        if self.inference_precision not in INFERENCE_PRECISIONS:
+            raise ValueError(
+                f"inference_precision must be one of {list(INFERENCE_PRECISIONS)}. "
+                f"Received: inference_precision={self.inference_precision!r}"
+            )
         if self.retrain_margin < 0:
             raise ValueError(f"retrain_margin must not be negative. Received: retrain_margin={self.retrain_margin}")
         for name in ("train_config", "benchmark_config"):

@@ -101,7 +101,13 @@ class WorkerRuntime:
 
         return Analyzer.load(
             model_dir,
-            PipelineConfig(segmenter=self.settings.segmenter, max_field_pixels=self.settings.max_field_pixels),
+            PipelineConfig(
+                segmenter=self.settings.segmenter,
+                max_field_pixels=self.settings.max_field_pixels,
+                batch_size=self.settings.classify_batch_size,
+                prefetch_fields=self.settings.prefetch_fields,
+                inference_precision=self.settings.inference_precision,
+            ),
             segmentation_model_dir=self.settings.segmentation_model_dir,
             rbc_diameter_px=self.settings.rbc_diameter_px,
         )
