@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from smearflow.training.results import ArchitectureSummary, BenchmarkResults
+
 SUMMARY_METRICS = (
     "accuracy",
     "macro_precision",
@@ -200,26 +202,25 @@ def _pct(stat: dict | None) -> str:
     return f"{100 * stat['mean']:.2f}"
 
 
-def render_report(results: dict) -> str:
+def render_report(results: BenchmarkResults) -> str:
     """The Markdown report of a benchmark: protocol, comparison table, SMOTE effect, plots.
 
     Parameters
     ----------
-    results : dict
-        The content of ``results.json`` (see
-        :func:`~smearflow.training.benchmark.run_benchmark`).
+    results : BenchmarkResults
+        The content of ``results.json``.
     """
-    config = results["config"]
+    config = results.config
     smote_note = "; SMOTE on penultimate-layer embeddings of each training fold, softmax head refitted"
     lines = [
         "# Classifier benchmark",
         "",
-        f"- data: `{results['data']}`, {len(results['classes'])} classes ({', '.join(results['classes'])})",
-        f"- images: {results['images']['total']} used"
+        f"- data: `{results.data}`, {len(results.classes)} classes ({', '.join(results.classes)})",
+        f"- images: {results.images['total']} used"
         + (f" (at most {config['subset_per_class']} per class)" if config.get("subset_per_class") else "")
-        + f"; held-out test split {results['images']['test']} images "
+        + f"; held-out test split {results.images['test']} images "
         f"({config['test_fraction']:.0%}, stratified, seed {config['split_seed']}), never used for training or SMOTE",
-        f"- protocol: stratified {config['folds']}-fold cross-validation of the other {results['images']['train']} "
+        f"- protocol: stratified {config['folds']}-fold cross-validation of the other {results.images['train']} "
         f"images, seeds {', '.join(str(s) for s in config['seeds'])}; every fold model is also scored on the test split, "
         "and the fold models' mean probabilities give the fold-ensemble test figure",
         f"- class imbalance: class weights ({config['class_weight']})" + (smote_note if config["smote"] else ""),
@@ -232,18 +233,18 @@ def render_report(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     best = None
-    for name, summary in results["architectures"].items():
-        network = summary["variants"].get("network", {})
-        smote = summary["variants"].get("smote", {})
-        ensemble = summary.get("ensemble_test", {}).get("network", {})
+    for name, summary in results.architectures.items():
+        network = summary.variants.get("network", {})
+        smote = summary.variants.get("smote", {})
+        ensemble = summary.ensemble_test.get("network", {})
         lines.append(
             "| "
             + " | ".join(
                 [
                     name,
-                    str(summary["image_size"]),
-                    str(summary["epochs"]),
-                    str(summary["runs"]),
+                    str(summary.image_size),
+                    _epochs(summary),
+                    str(summary.runs),
                     _pct(network.get("validation", {}).get("accuracy")),
                     _pct(network.get("validation", {}).get("macro_f1")),
                     _pct(network.get("test", {}).get("accuracy")),
@@ -252,13 +253,13 @@ def render_report(results: dict) -> str:
                     _pct(smote.get("validation", {}).get("accuracy")),
                     _pct(smote.get("validation", {}).get("macro_f1")),
                     _pct(smote.get("test", {}).get("accuracy")),
-                    f"{summary['seconds_per_fold']['mean']:.0f}" if summary["seconds_per_fold"]["mean"] else "–",
-                    "; ".join(summary["machines"]),
+                    f"{summary.seconds_per_fold['mean']:.0f}" if summary.seconds_per_fold["mean"] else "–",
+                    "; ".join(summary.machines),
                 ]
             )
             + " |"
         )
-        for variant, stats in summary.get("ensemble_test", {}).items():
+        for variant, stats in summary.ensemble_test.items():
             accuracy = stats.get("accuracy", {}).get("mean")
             if accuracy is not None and (best is None or accuracy > best[0]):
                 best = (accuracy, name, variant)
@@ -286,10 +287,10 @@ def render_report(results: dict) -> str:
             "| SMOTE accuracy | SMOTE macro-F1 |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for name, summary in results["architectures"].items():
+        for name, summary in results.architectures.items():
             cells = []
             for variant in ("network", "refit", "smote"):
-                validation = summary["variants"].get(variant, {}).get("validation", {})
+                validation = summary.variants.get(variant, {}).get("validation", {})
                 cells += [_pct(validation.get("accuracy")), _pct(validation.get("macro_f1"))]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if len(config["seeds"]) > 1:
@@ -303,16 +304,24 @@ def render_report(results: dict) -> str:
             "| architecture | " + " | ".join(f"seed {s}" for s in config["seeds"]) + " | over seeds |",
             "|---|" + "---:|" * (len(config["seeds"]) + 1),
         ]
-        for name, summary in results["architectures"].items():
-            per_seed = summary.get("per_seed", {})
+        for name, summary in results.architectures.items():
+            per_seed = summary.per_seed
             cells = [_pct({"mean": per_seed.get(str(s)), "n": 1}) if per_seed.get(str(s)) is not None else "–"
                      for s in config["seeds"]]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(summary.get('over_seeds'))} |")
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(summary.over_seeds)} |")
     lines += ["", "## Plots", ""]
-    for name, summary in results["architectures"].items():
-        plots = summary.get("plots", {})
+    for name, summary in results.architectures.items():
+        plots = summary.plots
         links = ", ".join(f"[{label}]({path})" for label, path in plots.items())
         lines.append(f"- {name}: {links}")
     lines.append("")
-    lines.append(f"Per-fold figures: `results.json` and `results.csv`; splits: `splits.json`. {results['finished_note']}")
+    lines.append(f"Per-fold figures: `results.json` and `results.csv`; splits: `splits.json`. {results.finished_note}")
     return "\n".join(lines) + "\n"
+
+
+def _epochs(summary: ArchitectureSummary) -> str:
+    """Planned epochs, with the range trained when early stopping or the budget cut folds short."""
+    run = summary.epochs_run
+    if not run or (min(run) == max(run) == summary.epochs):
+        return str(summary.epochs)
+    return f"{min(run)}–{max(run)} of {summary.epochs}"

@@ -1,0 +1,234 @@
+"""Settings and plan of a benchmark run: :class:`BenchmarkConfig`, its named presets, fold tasks and callbacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smearflow.serialisable import SerialisableConfig
+from smearflow.training.architectures import ARCHITECTURES, get_architecture
+from smearflow.training.results import BenchmarkResults, FoldResult
+from smearflow.training.train import TrainConfig
+
+_FIRST_CLASS_TRAIN_FIELDS = frozenset(
+    {
+        "architecture",
+        "image_size",
+        "epochs",
+        "batch_size",
+        "seed",
+        "class_weight",
+        "test_fraction",
+        "arch_params",
+        "weights",
+        "freeze_backbone_epochs",
+        "fine_tune_learning_rate",
+    }
+)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig(SerialisableConfig):
+    """Settings of a benchmark run; saved in the run folder as ``benchmark.json``.
+
+    Attributes
+    ----------
+    architectures : tuple of str
+        Registry names, in run order (default: all).
+    folds : int
+        Stratified cross-validation folds (at least 2).
+    image_size : int
+        Input side in pixels; at least every architecture's minimum.
+    epochs, batch_size : int
+        Per fold (a contrastive architecture adds its encoder stage).
+    seeds : tuple of int
+        One full cross-validation per seed (fold assignment, batch order,
+        augmentation, initialisation): several seeds make the shuffling study.
+    split_seed : int
+        Fixes the subset and the held-out test split, the same for every seed.
+    test_fraction : float
+    subset_per_class : int, optional
+        Keep at most this many images per class (a reduced run).
+    smote : bool
+        Also report SMOTE-refitted heads (and the refit control).
+    class_weight : {"balanced", "none"}
+    weights : dict of str to str
+        Local ImageNet weights, as :attr:`TrainConfig.weights`.
+    freeze_backbone_epochs : int
+    fine_tune_learning_rate : float, optional
+    arch_params : dict of str to dict
+        Architecture name → keyword arguments of its builder.
+    training : dict
+        Further :class:`~smearflow.training.train.TrainConfig` fields for
+        every architecture (``learning_rate``, ``contrastive_epochs`` …).
+    patience : int, optional
+        Early stopping: a fold stops when its validation accuracy has not
+        improved for this many epochs, and keeps its best epoch's weights
+        (``None``: train every epoch).
+    time_budget_s : float, optional
+        Training seconds per architecture, shared evenly by its folds and
+        seeds; a fold that reaches its share stops (keeping its best
+        weights). The stop reason of every fold is recorded.
+    """
+
+    architectures: tuple[str, ...] = tuple(ARCHITECTURES)
+    folds: int = 5
+    image_size: int = 224
+    epochs: int = 28
+    batch_size: int = 64
+    seeds: tuple[int, ...] = (20261125,)
+    split_seed: int = 20261125
+    test_fraction: float = 0.15
+    subset_per_class: int | None = None
+    smote: bool = True
+    class_weight: str = "balanced"
+    weights: dict[str, str] = field(default_factory=dict)
+    freeze_backbone_epochs: int = 0
+    fine_tune_learning_rate: float | None = None
+    arch_params: dict[str, dict] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    patience: int | None = None
+    time_budget_s: float | None = None
+
+    def __post_init__(self):
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"patience must be a positive integer or None. Received: patience={self.patience!r}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(
+                f"time_budget_s must be positive or None. Received: time_budget_s={self.time_budget_s!r}"
+            )
+        if isinstance(self.architectures, str) or not self.architectures:
+            raise ValueError(f"architectures must be a non-empty list of names. Received: {self.architectures!r}")
+        for name in self.architectures:
+            get_architecture(name)
+        if len(set(self.architectures)) != len(self.architectures):
+            raise ValueError(f"architectures must not repeat. Received: {list(self.architectures)}")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
+            raise ValueError(f"folds must be an integer of at least 2. Received: folds={self.folds!r}")
+        too_small = [n for n in self.architectures if self.image_size < get_architecture(n).min_image_size]
+        if too_small:
+            minimums = ", ".join(f"{n} {get_architecture(n).min_image_size}" for n in too_small)
+            raise ValueError(
+                f"image_size is below the minimum of {minimums} px. Received: image_size={self.image_size}; "
+                "raise it or leave these architectures out"
+            )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list without repeats. Received: seeds={self.seeds!r}")
+        if self.subset_per_class is not None and self.subset_per_class < self.folds + 1:
+            raise ValueError(
+                f"subset_per_class must leave each class at least folds + 1 images. "
+                f"Received: subset_per_class={self.subset_per_class}, folds={self.folds}"
+            )
+        unknown = sorted(set(self.arch_params) - set(ARCHITECTURES))
+        if unknown:
+            raise ValueError(f"arch_params names unknown architecture(s) {unknown}. Known: {sorted(ARCHITECTURES)}")
+        clash = sorted(set(self.training) & _FIRST_CLASS_TRAIN_FIELDS)
+        if clash:
+            raise ValueError(f"training must not set {clash}: they are benchmark settings of their own")
+        # Every training setting must make a valid TrainConfig (raises on a bad one).
+        TrainConfig.from_dict(self._train_fields(self.architectures[0], self.seeds[0]))
+
+    def _train_fields(self, architecture: str, seed: int) -> dict:
+        return {
+            "architecture": architecture,
+            "image_size": self.image_size,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "seed": seed,
+            "class_weight": self.class_weight,
+            "test_fraction": self.test_fraction,
+            "arch_params": dict(self.arch_params.get(architecture, {})),
+            "weights": dict(self.weights),
+            "freeze_backbone_epochs": self.freeze_backbone_epochs,
+            "fine_tune_learning_rate": self.fine_tune_learning_rate,
+        } | dict(self.training)
+
+    def train_config(self, architecture: str, seed: int):
+        """The :class:`~smearflow.training.train.TrainConfig` of one fold."""
+        return TrainConfig.from_dict(self._train_fields(architecture, seed))
+
+    def fold_budget_s(self) -> float | None:
+        """Training seconds of one fold: the architecture's budget shared by its folds and seeds."""
+        if self.time_budget_s is None:
+            return None
+        return self.time_budget_s / (self.folds * len(self.seeds))
+
+
+@dataclass(frozen=True)
+class FoldTask:
+    """One unit of benchmark work: an architecture on one fold of one seed."""
+
+    architecture: str
+    seed: int
+    fold: int
+    folds: int
+    epochs: int
+    done: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.architecture} seed {self.seed} fold {self.fold + 1}/{self.folds}"
+
+
+class BenchmarkCallbacks:
+    """Hooks a caller overrides to follow a benchmark (progress bar, database).
+
+    The default methods do nothing.
+    """
+
+    def on_start(self, plan: list[FoldTask], run_folder: Path) -> None:
+        """Before any training; ``plan`` lists every fold, ``done`` ones are resumed."""
+
+    def on_epoch_end(self, task: FoldTask, epoch: int, logs: dict) -> None:
+        """After each training epoch of a fold (every stage)."""
+
+    def on_fold_end(self, task: FoldTask, entry: FoldResult, resumed: bool) -> None:
+        """After a fold is trained and scored, or read back from the run folder (``resumed``)."""
+
+    def on_end(self, results: BenchmarkResults) -> None:
+        """After ``results.json`` and the report are written."""
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """The seed of one fold's training (initialisation, batch order, augmentation, SMOTE)."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
+
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "architectures": tuple(ARCHITECTURES),
+        "folds": 3,
+        "image_size": 75,
+        "epochs": 12,
+        "batch_size": 32,
+        "patience": 3,
+        "time_budget_s": 780.0,
+    },
+}
+"""Named benchmark settings (``benchmark --preset NAME``).
+
+``cpu``: all ten architectures on a 2-core CPU host in about 2.5 hours: 75 px
+(the smallest size every network accepts), 3-fold cross-validation, at most
+12 epochs per fold with early stopping (patience 3) and 13 minutes of training
+per architecture (so every fold of the slowest networks gets about 4 minutes);
+docs/benchmark.md gives the measured per-epoch costs it is sized from.
+"""
+
+
+def preset_config(name: str, **changes: Any) -> BenchmarkConfig:
+    """A :class:`BenchmarkConfig` from a named preset, with ``changes`` applied.
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset name.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"Unknown benchmark preset {name!r}. Known: {sorted(PRESETS)}")
+    return BenchmarkConfig.from_dict(dict(PRESETS[name]) | changes)
