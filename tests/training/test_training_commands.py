@@ -154,3 +154,23 @@ def test_benchmark_command_rejects_bad_json(data, tmp_path):
         app, ["benchmark", "--data", str(data), "--archs", "cnn", "--arch-params", "{cnn:", "--out", str(tmp_path / "r")]
     )
     assert result.exit_code == 2 and "--arch-params is not valid JSON" in " ".join(result.output.split())
+
+
+def test_benchmark_command_needs_its_data_and_a_database_to_promote(data, tmp_path):
+    missing = CliRunner().invoke(app, ["benchmark", "--archs", "cnn", "--out", str(tmp_path / "r")])
+    assert missing.exit_code == 2 and "--data" in missing.output
+    unknown = CliRunner().invoke(app, ["benchmark", "--data", str(data), "--preset", "gpu9"])
+    assert unknown.exit_code == 1 and "Unknown benchmark preset 'gpu9'" in unknown.output
+    promote = CliRunner().invoke(
+        app, ["benchmark", "--data", str(data), "--archs", "cnn", "--image-size", "32", "--promote"],
+        env={"SMEARFLOW_DATABASE_URL": ""},
+    )
+    assert promote.exit_code == 1 and "--promote needs a database" in promote.output
+
+
+def test_benchmark_preset_with_overrides():
+    from smearflow.commands.training import benchmark_config
+
+    config = benchmark_config("cpu", {"architectures": ("cnn",), "epochs": 2})
+    assert (config.architectures, config.epochs, config.image_size, config.patience) == (("cnn",), 2, 75, 3)
+    assert benchmark_config(None, {}).folds == 5

@@ -191,3 +191,36 @@ def test_load_benchmark_function(monkeypatch):
     monkeypatch.setitem(sys.modules, "smearflow.training.benchmark", None)  # import fails
     with pytest.raises(PermanentError, match="run_benchmark is not available"):
         load_benchmark_function()
+
+
+def test_the_benchmark_winner_is_promoted_through_the_retraining_gate(tmp_path, db_factory):
+    """A tiny real benchmark, then its winner trained, judged on the gate split and activated with its reason."""
+    from smearflow.db.models import ModelActivation, TrainingRun
+    from smearflow.training.benchmark import BenchmarkConfig, run_benchmark
+    from smearflow.worker.rebenchmark import PROMOTION_ACTOR, promote_winner
+
+    data = write_class_folders(tmp_path / "data", per_class=10, size=32)
+    config = BenchmarkConfig.from_dict(TINY | {"smote": False})
+    results = run_benchmark(data, tmp_path / "run", config)
+    outcome = promote_winner(
+        db_factory, results, config, data_dir=data, models_dir=tmp_path / "models", default_model_dir=lambda: None,
+    )
+    assert outcome.outcome == "activated" and "no model to beat" in outcome.reason
+    with session_scope(db_factory) as session:
+        activation = session.scalars(select(ModelActivation)).one()
+        assert activation.actor == PROMOTION_ACTOR
+        run = session.scalars(select(TrainingRun)).one()
+        assert run.outcome == "activated" and run.candidate_model_version.architecture == "cnn"
+    assert (tmp_path / "models").is_dir()
+
+
+def test_nothing_to_promote_without_a_complete_cross_validation(tmp_path, db_factory):
+    from smearflow.training.results import BenchmarkResults
+    from smearflow.worker.rebenchmark import promote_winner
+
+    empty = BenchmarkResults(
+        config={}, data=str(tmp_path), classes=["a"], images={}, machine="m", run_folder=str(tmp_path),
+        complete=False, finished_note="", architectures={}, folds=[],
+    )
+    with pytest.raises(ValueError, match="no architecture has a fold-ensemble test figure"):
+        promote_winner(db_factory, empty, None, data_dir=tmp_path, models_dir=tmp_path / "m")

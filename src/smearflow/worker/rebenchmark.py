@@ -249,8 +249,7 @@ def promote_winner(
     models_dir: str | Path,
     margin: float = 0.01,
     metric: str = "macro_f1",
-    train: Callable[..., Any] | None = None,
-    evaluate: Callable[..., Any] | None = None,
+    **retraining: Any,
 ):
     """Train the benchmark's winner on ``data_dir`` and put it through the retraining gate.
 
@@ -259,6 +258,8 @@ def promote_winner(
     :func:`~smearflow.worker.nightly.run_retraining`: scored on the gate
     split beside the model in use, activated (recorded, with the reason) only
     when it wins by ``margin``; the packaged default is never overwritten.
+    ``retraining`` goes to ``run_retraining`` (``train``, ``evaluate``,
+    ``default_model_dir`` …).
 
     Returns
     -------
@@ -271,7 +272,7 @@ def promote_winner(
     smearflow.worker.nightly.RetrainingFailed
         When the retraining run fails (recorded).
     """
-    from smearflow.worker.nightly import RetrainSettings, evaluate_model_folder, run_retraining
+    from smearflow.worker.nightly import RetrainSettings, run_retraining
 
     best = results.best()
     if best is None:
@@ -284,6 +285,4 @@ def promote_winner(
         data_dir=str(data_dir), models_dir=str(models_dir), train_config=train_config, margin=margin, metric=metric,
     )
     logger.info("promoting the benchmark winner %s through the retraining gate", best.architecture)
-    return run_retraining(
-        session_factory, settings, train=train, evaluate=evaluate or evaluate_model_folder, actor=PROMOTION_ACTOR,
-    )
+    return run_retraining(session_factory, settings, actor=PROMOTION_ACTOR, **retraining)
