@@ -288,3 +288,25 @@ def test_the_jax_backend_never_imports_tensorflow(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="jax")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_early_stopping_budget_and_single_split_architectures_are_recorded(tiny_data, tmp_path):
+    config = _config(epochs=3, patience=1, time_budget_s=600, folds_trained={"unet_encoder": 1}, stopping_images=4)
+    recorder = Recorder()
+    results = run_benchmark(tiny_data, tmp_path / "run", config, callbacks=recorder)
+    assert [(t.architecture, t.fold) for t in recorder.plan] == [("cnn", 0), ("cnn", 1), ("unet_encoder", 0)]
+    assert results.complete and "3 of 3 folds" in results.finished_note
+    for fold in results.folds:
+        assert 1 <= fold.epochs_run <= 3 and fold.stop_reason and fold.params > 0
+        assert fold.time_budget_s == (300 if fold.architecture == "cnn" else 600)
+        assert fold.best_epoch is not None and "val_accuracy" in fold.history[0]
+    cnn, unet = results.architectures["cnn"], results.architectures["unet_encoder"]
+    assert cnn.test_accuracy == cnn.ensemble_test["network"]["accuracy"]["mean"]
+    assert unet.ensemble_test == {} and unet.test_accuracy == unet.variants["network"]["test"]["accuracy"]["mean"]
+    for summary in (cnn, unet):
+        assert set(summary.heads) == {"refit", "smote"} and summary.params and summary.train_seconds > 0
+        assert sum(summary.stop_reasons.values()) == summary.runs
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())["architectures"]["cnn"]
+    for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "epochs", "image_size", "train_seconds", "params"):
+        assert stored[key] is not None, key
+    assert stored["heads"]["smote"]["test_accuracy"] is not None and stored["heads"]["refit"]["val_accuracy"] is not None

@@ -31,6 +31,7 @@ def _summary(name="cnn", accuracy=0.6):
         architecture=name, image_size=32, epochs=3, runs=2, seeds=[1], machines=["CPU"],
         seconds_per_fold={"mean": 2.0, "std": 0.0, "n": 2}, variants={},
         ensemble_test={"network": {"accuracy": {"mean": accuracy}, "macro_f1": {"mean": accuracy / 2}}},
+        test_accuracy=accuracy,
     )
 
 
@@ -67,13 +68,19 @@ def test_refusals():
         BenchmarkConfig(architectures=("cnn",), image_size=32, patience=0)
     with pytest.raises(ValueError, match="time_budget_s must be positive or None. Received: time_budget_s=-1"):
         BenchmarkConfig(architectures=("cnn",), image_size=32, time_budget_s=-1)
+    with pytest.raises(ValueError, match=r"folds_trained must map architecture names to 1..folds=5. .*'cnn': 6"):
+        BenchmarkConfig(architectures=("cnn",), image_size=32, folds_trained={"cnn": 6})
+    with pytest.raises(ValueError, match="stopping_images must be positive. Received: stopping_images=0"):
+        BenchmarkConfig(architectures=("cnn",), image_size=32, stopping_images=0)
 
 
 def test_the_cpu_preset_covers_every_architecture_at_75_px_with_folds_and_a_budget():
     cpu = preset_config("cpu")
     assert cpu.image_size >= 75 and len(cpu.architectures) == 10 and cpu.folds >= 2
     assert cpu.patience and cpu.time_budget_s * len(cpu.architectures) <= 2.5 * 3600
-    assert cpu.fold_budget_s() == cpu.time_budget_s / cpu.folds
+    assert cpu.trained_folds("cnn") == cpu.trained_folds("mobilenetv2") == cpu.folds >= 3
+    assert cpu.fold_budget_s("cnn") == cpu.time_budget_s / cpu.folds
+    assert cpu.trained_folds("hybrid") == 1 and cpu.fold_budget_s("hybrid") == cpu.time_budget_s
     assert preset_config("cpu", epochs=2).epochs == 2 and set(PRESETS) == {"cpu"}
 
 

@@ -222,5 +222,5 @@ def test_nothing_to_promote_without_a_complete_cross_validation(tmp_path, db_fac
         config={}, data=str(tmp_path), classes=["a"], images={}, machine="m", run_folder=str(tmp_path),
         complete=False, finished_note="", architectures={}, folds=[],
     )
-    with pytest.raises(ValueError, match="no architecture has a fold-ensemble test figure"):
+    with pytest.raises(ValueError, match="no architecture has a test figure"):
         promote_winner(db_factory, empty, None, data_dir=tmp_path, models_dir=tmp_path / "m")

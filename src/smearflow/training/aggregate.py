@@ -54,7 +54,8 @@ def write_reports(out_dir: str | Path) -> BenchmarkResults:
             for f in mine for variant, figures in f.variants.items() for split in ("validation", "test")
         ]
     n_train, n_test = len(splits["train"]), len(splits["test"])
-    total_folds = len(config["architectures"]) * len(config["seeds"]) * config["folds"]
+    trained = config.get("folds_trained") or {}
+    total_folds = sum(trained.get(n, config["folds"]) for n in config["architectures"]) * len(config["seeds"])
     finished = sum(1 for f in folds if f.architecture in config["architectures"])
     results = BenchmarkResults(
         config=config, data=settings["data"], classes=classes,

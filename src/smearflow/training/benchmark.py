@@ -168,7 +168,7 @@ def _plan(out_dir: Path, config: BenchmarkConfig) -> list[FoldTask]:
     for name in config.architectures:
         epochs = config.train_config(name, config.seeds[0]).total_epochs()
         for seed in config.seeds:
-            for k in range(config.folds):
+            for k in range(config.trained_folds(name)):
                 done = fold_path(out_dir, name, seed, k).is_file()
                 plan.append(FoldTask(name, seed, k, config.folds, epochs, done))
     return plan

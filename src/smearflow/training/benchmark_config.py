@@ -72,6 +72,14 @@ class BenchmarkConfig(SerialisableConfig):
         Training seconds per architecture, shared evenly by its folds and
         seeds; a fold that reaches its share stops (keeping its best
         weights). The stop reason of every fold is recorded.
+    folds_trained : dict of str to int
+        Architecture → how many of the ``folds`` to train (the first ones);
+        default all. One fold is a single train/validation split: where full
+        cross-validation does not fit the time, the expensive networks get
+        one split and the cheap ones every fold.
+    stopping_images : int
+        At most this many validation images (a fixed random draw) score each
+        epoch for early stopping; the final figures use the whole fold.
     """
 
     architectures: tuple[str, ...] = tuple(ARCHITECTURES)
@@ -92,8 +100,18 @@ class BenchmarkConfig(SerialisableConfig):
     training: dict[str, Any] = field(default_factory=dict)
     patience: int | None = None
     time_budget_s: float | None = None
+    folds_trained: dict[str, int] = field(default_factory=dict)
+    stopping_images: int = 1024
 
     def __post_init__(self):
+        for name, n in self.folds_trained.items():
+            if name not in ARCHITECTURES or isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.folds:
+                raise ValueError(
+                    f"folds_trained must map architecture names to 1..folds={self.folds}. "
+                    f"Received: folds_trained={self.folds_trained!r}"
+                )
+        if self.stopping_images < 1:
+            raise ValueError(f"stopping_images must be positive. Received: stopping_images={self.stopping_images!r}")
         if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
                                           or self.patience < 1):
             raise ValueError(f"patience must be a positive integer or None. Received: patience={self.patience!r}")
@@ -151,11 +169,15 @@ class BenchmarkConfig(SerialisableConfig):
         """The :class:`~smearflow.training.train.TrainConfig` of one fold."""
         return TrainConfig.from_dict(self._train_fields(architecture, seed))
 
-    def fold_budget_s(self) -> float | None:
-        """Training seconds of one fold: the architecture's budget shared by its folds and seeds."""
+    def trained_folds(self, architecture: str) -> int:
+        """How many folds of ``architecture`` are trained (per seed)."""
+        return self.folds_trained.get(architecture, self.folds)
+
+    def fold_budget_s(self, architecture: str) -> float | None:
+        """Training seconds of one fold: the architecture's budget shared by its trained folds and seeds."""
         if self.time_budget_s is None:
             return None
-        return self.time_budget_s / (self.folds * len(self.seeds))
+        return self.time_budget_s / (self.trained_folds(architecture) * len(self.seeds))
 
 
 @dataclass(frozen=True)
@@ -200,24 +222,29 @@ def fold_seed(seed: int, fold: int) -> int:
 
 
 
+_CPU_SINGLE_SPLIT = ("unet_encoder", "resnet50", "vgg16", "densenet201", "inceptionv3", "xception", "hybrid", "supcon")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "architectures": tuple(ARCHITECTURES),
         "folds": 3,
+        "folds_trained": {name: 1 for name in _CPU_SINGLE_SPLIT},
         "image_size": 75,
         "epochs": 12,
         "batch_size": 32,
-        "patience": 3,
-        "time_budget_s": 780.0,
+        "patience": 2,
+        "time_budget_s": 720.0,
     },
 }
 """Named benchmark settings (``benchmark --preset NAME``).
 
-``cpu``: all ten architectures on a 2-core CPU host in about 2.5 hours: 75 px
-(the smallest size every network accepts), 3-fold cross-validation, at most
-12 epochs per fold with early stopping (patience 3) and 13 minutes of training
-per architecture (so every fold of the slowest networks gets about 4 minutes);
-docs/benchmark.md gives the measured per-epoch costs it is sized from.
+``cpu``: all ten architectures on the whole training split of a 2-core CPU
+host in about 2.5 hours: 75 px (the smallest size every network accepts),
+3-fold cross-validation for ``cnn`` and ``mobilenetv2`` and the first of the
+three splits for the others, at most 12 epochs per fold with early stopping
+(patience 2) and 12 minutes of training per architecture. Scoring (the
+validation fold, the test split, the training fold's embeddings for SMOTE)
+comes on top; docs/benchmark.md gives the per-step costs it is sized from.
 """
 
 

@@ -56,7 +56,7 @@ def run_fold(
     started = time.perf_counter()
     model = build_model(task.architecture, config.image_size, len(classes), **train_config.arch_params)
     history = train_module.HistoryRecorder()
-    stopper = _stopper(model, config, val_fold, decoded, history)
+    stopper = _stopper(model, config, task.architecture, _stopping_images(val_fold, config, seed), decoded, history)
     epoch_callback = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: callbacks.on_epoch_end(task, epoch, dict(logs or {}))
     )
@@ -86,13 +86,21 @@ def run_fold(
         epochs_run=stopper.epochs_run if stopper else train_config.total_epochs(),
         best_epoch=stopper.best_epoch if stopper else None,
         stop_reason=(stopper.stop_reason if stopper else None) or "all epochs trained",
-        time_budget_s=config.fold_budget_s(),
+        time_budget_s=config.fold_budget_s(task.architecture),
     )
     _write_fold(out_dir, task, result, probabilities, labels, classes)
     return result
 
 
-def _stopper(model, config: BenchmarkConfig, val_fold, decoded, history) -> ValidationStopper | None:
+def _stopping_images(val_fold: ImageDataset, config: BenchmarkConfig, seed: int) -> ImageDataset:
+    """At most ``config.stopping_images`` validation images, a fixed random draw, to score each epoch."""
+    if len(val_fold) <= config.stopping_images:
+        return val_fold
+    chosen = np.random.default_rng(seed).choice(len(val_fold), size=config.stopping_images, replace=False)
+    return val_fold.subset(np.sort(chosen))
+
+
+def _stopper(model, config: BenchmarkConfig, architecture, val_fold, decoded, history) -> ValidationStopper | None:
     if config.patience is None and config.time_budget_s is None:
         return None
 
@@ -103,7 +111,7 @@ def _stopper(model, config: BenchmarkConfig, val_fold, decoded, history) -> Vali
         return float(np.mean(np.argmax(probabilities, axis=1) == labels)) if len(labels) else 0.0
 
     return ValidationStopper(
-        model, validation_accuracy, patience=config.patience, budget_s=config.fold_budget_s(),
+        model, validation_accuracy, patience=config.patience, budget_s=config.fold_budget_s(architecture),
         stage=lambda: history.stage,
     )
 

@@ -190,13 +190,10 @@ class BenchmarkResults:
             raise FileNotFoundError(f"{run_folder} holds no results.json (no finished benchmark)")
         return cls.from_dict(json.loads(path.read_text()))
 
-    def best(self, variant: str = "network") -> ArchitectureSummary | None:
-        """The architecture with the highest fold-ensemble test accuracy of ``variant`` (``None`` when none has one)."""
-        scored = [
-            (s.ensemble_test.get(variant, {}).get("accuracy", {}).get("mean"), s) for s in self.architectures.values()
-        ]
-        scored = [(accuracy, s) for accuracy, s in scored if accuracy is not None]
-        return max(scored, key=lambda pair: pair[0])[1] if scored else None
+    def best(self) -> ArchitectureSummary | None:
+        """The architecture with the highest test accuracy (``test_accuracy``; ``None`` when none has one)."""
+        scored = [s for s in self.architectures.values() if s.test_accuracy is not None]
+        return max(scored, key=lambda s: s.test_accuracy) if scored else None
 
 
 @dataclass(frozen=True)

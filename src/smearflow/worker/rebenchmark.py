@@ -253,7 +253,7 @@ def promote_winner(
 ):
     """Train the benchmark's winner on ``data_dir`` and put it through the retraining gate.
 
-    The winner is the architecture with the best fold-ensemble test accuracy
+    The winner is the architecture with the best test accuracy
     (:meth:`BenchmarkResults.best`), trained with its benchmark settings by
     :func:`~smearflow.worker.nightly.run_retraining`: scored on the gate
     split beside the model in use, activated (recorded, with the reason) only
@@ -268,7 +268,7 @@ def promote_winner(
     Raises
     ------
     ValueError
-        When no architecture of ``results`` has a fold-ensemble test figure.
+        When no architecture of ``results`` has a test figure.
     smearflow.worker.nightly.RetrainingFailed
         When the retraining run fails (recorded).
     """
@@ -277,8 +277,7 @@ def promote_winner(
     best = results.best()
     if best is None:
         raise ValueError(
-            f"{results.run_folder}: no architecture has a fold-ensemble test figure (no complete cross-validation); "
-            "nothing to promote"
+            f"{results.run_folder}: no architecture has a test figure (no finished fold); nothing to promote"
         )
     train_config = config.train_config(best.architecture, config.seeds[0]).to_dict()
     settings = RetrainSettings(
