@@ -224,3 +224,16 @@ def test_nothing_to_promote_without_a_complete_cross_validation(tmp_path, db_fac
     )
     with pytest.raises(ValueError, match="no architecture has a test figure"):
         promote_winner(db_factory, empty, None, data_dir=tmp_path, models_dir=tmp_path / "m")
+
+
+def test_a_preset_names_the_nightly_settings(tmp_path, db_factory):
+    from smearflow.worker.rebenchmark import benchmark_settings
+
+    seen = []
+    run_rebenchmark(
+        db_factory, data_dir=tmp_path, out_dir=tmp_path, benchmark_config={"preset": "cpu", "epochs": 4},
+        load_benchmark=lambda: lambda data_dir, out_dir, config, callbacks=None: seen.append(config),
+    )
+    assert (seen[0].image_size, seen[0].epochs, len(seen[0].architectures)) == (75, 4, 10)
+    with pytest.raises(ValueError, match="Unknown benchmark preset 'fast'"):
+        benchmark_settings({"preset": "fast"})

@@ -82,8 +82,9 @@ def run_rebenchmark(
         A new run folder is ``out_dir/nightly-<UTC time>``; an unfinished one
         with the same settings is resumed instead.
     benchmark_config : dict, optional
-        ``BenchmarkConfig`` fields (``SMEARFLOW_BENCHMARK_CONFIG``); empty or
-        ``None`` means :data:`CPU_BENCHMARK_CONFIG`.
+        ``BenchmarkConfig`` fields (``SMEARFLOW_BENCHMARK_CONFIG``), or a
+        preset with changes, e.g. ``{"preset": "cpu"}``; empty or ``None``
+        means :data:`CPU_BENCHMARK_CONFIG`.
     task_id : str, optional
         The Celery task id (deliveries of the same task count as attempts).
     max_attempts : int
@@ -108,8 +109,6 @@ def run_rebenchmark(
     """
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from smearflow.training.benchmark_config import BenchmarkConfig
-
     config = dict(benchmark_config or CPU_BENCHMARK_CONFIG)
     recorded = {"data_dir": None if data_dir is None else str(data_dir), "benchmark_config": config}
     run_id, run_folder, resumed = _begin(session_factory, recorded, out_dir, task_id, max_attempts, now)
@@ -117,7 +116,7 @@ def run_rebenchmark(
     try:
         if data_dir is None:
             raise PermanentError("no benchmark dataset is configured (set SMEARFLOW_TRAIN_DATA)")
-        results = load_benchmark()(data_dir, run_folder, BenchmarkConfig.from_dict(config), callbacks=recorder)
+        results = load_benchmark()(data_dir, run_folder, benchmark_settings(config), callbacks=recorder)
     except SoftTimeLimitExceeded as exc:
         results = finished_so_far(run_folder)
         error = (
@@ -137,6 +136,21 @@ def run_rebenchmark(
         raise
     recorder.finish("done", None, results)
     return {"status": "done", "run_folder": str(run_folder), "resumed": resumed, "error": None}
+
+
+def benchmark_settings(config: Mapping[str, Any]):
+    """A :class:`BenchmarkConfig` from ``SMEARFLOW_BENCHMARK_CONFIG``: its fields, or ``{"preset": NAME, ...}``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset or invalid settings.
+    """
+    from smearflow.training.benchmark_config import BenchmarkConfig, preset_config
+
+    fields = dict(config)
+    preset = fields.pop("preset", None)
+    return preset_config(preset, **fields) if preset else BenchmarkConfig.from_dict(fields)
 
 
 def _begin(session_factory, recorded: dict, out_dir, task_id, max_attempts: int, now) -> tuple[int, Path, bool]:
