@@ -81,7 +81,9 @@ def test_the_cpu_preset_covers_every_architecture_at_75_px_with_folds_and_a_budg
     assert cpu.trained_folds("cnn") == cpu.trained_folds("mobilenetv2") == cpu.folds >= 3
     assert cpu.fold_budget_s("cnn") == cpu.time_budget_s / cpu.folds
     assert cpu.trained_folds("hybrid") == 1 and cpu.fold_budget_s("hybrid") == cpu.time_budget_s
-    assert preset_config("cpu", epochs=2).epochs == 2 and set(PRESETS) == {"cpu"}
+    assert preset_config("cpu", epochs=2).epochs == 2 and set(PRESETS) == {"cpu", "gpu-10min"}
+    gpu = preset_config("gpu-10min")
+    assert gpu.architectures[0] == "hybrid" and gpu.image_size == 224 and gpu.trained_folds("hybrid") == 1
 
 
 def test_rows_fold_then_aggregate():
