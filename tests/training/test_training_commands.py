@@ -172,5 +172,5 @@ def test_benchmark_preset_with_overrides():
     from smearflow.commands.training import benchmark_config
 
     config = benchmark_config("cpu", {"architectures": ("cnn",), "epochs": 2})
-    assert (config.architectures, config.epochs, config.image_size, config.patience) == (("cnn",), 2, 75, 3)
+    assert (config.architectures, config.epochs, config.image_size, config.patience) == (("cnn",), 2, 75, 2)
     assert benchmark_config(None, {}).folds == 5
