@@ -237,7 +237,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 12,
         "batch_size": 32,
         "patience": 2,
-        "time_budget_s": 720.0,
+        "time_budget_s": 600.0,
     },
     "gpu-10min": {
         "architectures": _GPU_ORDER,
@@ -256,7 +256,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 host in about 2.5 hours: 75 px (the smallest size every network accepts),
 3-fold cross-validation for ``cnn`` and ``mobilenetv2`` and the first of the
 three splits for the others, at most 12 epochs per fold with early stopping
-(patience 2) and 12 minutes of training per architecture. Scoring (the
+(patience 2) and 10 minutes of training per architecture. Scoring (the
 validation fold, the test split, the training fold's embeddings for SMOTE)
 comes on top; docs/benchmark.md gives the per-step costs it is sized from.
 

@@ -236,16 +236,8 @@ def fit_classifier(
         for layer in model.layers:
             layer.trainable = layer.name == "probabilities"
     train_batches = batches(
-        train_set,
-        config.image_size,
-        config.batch_size,
-        training=True,
-        seed=config.seed,
-        num_classes=num_classes,
-        cache=True,
-        decoded=decoded,
-        augmentation=config.augmentation,
-        augment_strength=config.augment_strength,
+        train_set, config.image_size, config.batch_size, training=True, seed=config.seed, num_classes=num_classes,
+        cache=True, decoded=decoded, augmentation=config.augmentation, augment_strength=config.augment_strength,
     )
     class_weight = class_weights(config.class_weight, train_set.labels, num_classes, prior_labels)
 
