@@ -11,7 +11,7 @@ import numpy as np
 from smearflow.serialisable import SerialisableConfig
 from smearflow.training.architectures import ARCHITECTURES, get_architecture
 from smearflow.training.results import BenchmarkResults, FoldResult
-from smearflow.training.train import TrainConfig
+from smearflow.training.train_config import TrainConfig
 
 _FIRST_CLASS_TRAIN_FIELDS = frozenset(
     {
