@@ -291,14 +291,17 @@ def test_the_jax_backend_never_imports_tensorflow(tmp_path):
 
 
 def test_early_stopping_budget_and_single_split_architectures_are_recorded(tiny_data, tmp_path):
-    config = _config(epochs=3, patience=1, time_budget_s=600, folds_trained={"unet_encoder": 1}, stopping_images=4)
+    config = _config(
+        epochs=3, patience=1, time_budget_s=600, time_budgets_s={"unet_encoder": 900}, folds_trained={"unet_encoder": 1},
+        stopping_images=4,
+    )
     recorder = Recorder()
     results = run_benchmark(tiny_data, tmp_path / "run", config, callbacks=recorder)
     assert [(t.architecture, t.fold) for t in recorder.plan] == [("cnn", 0), ("cnn", 1), ("unet_encoder", 0)]
     assert results.complete and "3 of 3 folds" in results.finished_note
     for fold in results.folds:
         assert 1 <= fold.epochs_run <= 3 and fold.stop_reason and fold.params > 0
-        assert fold.time_budget_s == (300 if fold.architecture == "cnn" else 600)
+        assert fold.time_budget_s == (300 if fold.architecture == "cnn" else 900)
         assert fold.best_epoch is not None and "val_accuracy" in fold.history[0]
     cnn, unet = results.architectures["cnn"], results.architectures["unet_encoder"]
     assert cnn.test_accuracy == cnn.ensemble_test["network"]["accuracy"]["mean"]
@@ -310,3 +313,6 @@ def test_early_stopping_budget_and_single_split_architectures_are_recorded(tiny_
     for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "epochs", "image_size", "train_seconds", "params"):
         assert stored[key] is not None, key
     assert stored["heads"]["smote"]["test_accuracy"] is not None and stored["heads"]["refit"]["val_accuracy"] is not None
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "patience 1; 600 s of training per architecture, unet_encoder 900 s" in report
+    assert "only the first fold of unet_encoder" in report

@@ -232,6 +232,7 @@ def _protocol_lines(results: BenchmarkResults) -> list[str]:
     stopping = (
         (f"; early stopping on validation accuracy, patience {config['patience']}" if config.get("patience") else "")
         + (f"; {config['time_budget_s']:.0f} s of training per architecture" if config.get("time_budget_s") else "")
+        + "".join(f", {name} {seconds:.0f} s" for name, seconds in (config.get("time_budgets_s") or {}).items())
     )
     return [
         "# Classifier benchmark",
