@@ -9,6 +9,7 @@ import pytest
 from smearflow_testkit import write_class_folders
 from smearflow.errors import BadDatasetError
 from smearflow.training.benchmark import BenchmarkCallbacks, BenchmarkConfig, fold_seed, run_benchmark
+from smearflow.training.run_folder import check_or_start_run_folder
 
 TINY = {"cnn": {"filters": (4, 8)}, "unet_encoder": {"filters": (4, 8)}}
 
@@ -71,19 +72,19 @@ def test_benchmark_end_to_end_and_resume(tiny_data, tmp_path, monkeypatch):
         assert not (set(fold["train"]) | set(fold["validation"])) & set(splits["test"])
     assert len(splits["test"]) == 6
 
-    assert results["complete"] and set(results["architectures"]) == {"cnn", "unet_encoder"}
-    summary = results["architectures"]["cnn"]
-    assert summary["runs"] == 2 and summary["image_size"] == 32 and summary["epochs"] == 1
-    assert set(summary["variants"]) == {"network", "refit", "smote"}
-    accuracy = summary["variants"]["network"]["validation"]["accuracy"]
+    assert results.complete and set(results.architectures) == {"cnn", "unet_encoder"}
+    summary = results.architectures["cnn"]
+    assert summary.runs == 2 and summary.image_size == 32 and summary.epochs == 1
+    assert set(summary.variants) == {"network", "refit", "smote"}
+    accuracy = summary.variants["network"]["validation"]["accuracy"]
     assert 0.0 <= accuracy["mean"] <= 1.0 and accuracy["n"] == 2
-    assert np.sum(summary["variants"]["network"]["validation_confusion_matrix"]) == len(splits["train"])
-    assert np.sum(summary["ensemble_test"]["network"]["confusion_matrix"]) == 6
-    entry = results["folds"][0]
-    assert entry["unreadable_images"] == {"validation": 0, "test": 0}
-    assert entry["variants"]["smote"]["head"]["fit_class_counts"][0] == max(entry["variants"]["smote"]["head"]["train_class_counts"])
+    assert np.sum(summary.variants["network"]["validation_confusion_matrix"]) == len(splits["train"])
+    assert np.sum(summary.ensemble_test["network"]["confusion_matrix"]) == 6
+    entry = results.folds[0]
+    assert entry.unreadable_images == {"validation": 0, "test": 0}
+    assert entry.variants["smote"].head["fit_class_counts"][0] == max(entry.variants["smote"].head["train_class_counts"])
     for key in ("accuracy", "macro_precision", "weighted_f1", "per_class", "confusion_matrix", "roc_auc_macro_ovr"):
-        assert key in entry["variants"]["network"]["test"]
+        assert key in entry.variants["network"].test
     report = (out / "report.md").read_text()
     assert "| architecture | image size | epochs |" in report and "| cnn | 32 | 1 | 2 |" in report
     assert "98.51%" in report and "Effect of SMOTE" in report and "CPU" in report
@@ -101,7 +102,7 @@ def test_benchmark_end_to_end_and_resume(tiny_data, tmp_path, monkeypatch):
     again = Recorder()
     resumed = run_benchmark(tiny_data, out, _config(), callbacks=again)
     assert all(t.done for t in again.plan) and all(r for *_, r in again.folds) and not again.epochs
-    assert resumed["architectures"]["cnn"]["variants"] == results["architectures"]["cnn"]["variants"]
+    assert resumed.architectures["cnn"].variants == results.architectures["cnn"].variants
 
     # An interrupted run: only the missing fold is trained.
     monkeypatch.undo()
@@ -205,8 +206,8 @@ def test_bad_datasets_and_weights(tmp_path):
 def test_subset_run_records_its_choice(tiny_data, tmp_path):
     results = run_benchmark(tiny_data, tmp_path / "run", _config(architectures=("cnn",), subset_per_class=5, smote=False))
     splits = json.loads((tmp_path / "run" / "splits.json").read_text())
-    assert splits["subset_per_class"] == 5 and results["images"]["total"] == 15
-    assert set(results["architectures"]["cnn"]["variants"]) == {"network"}
+    assert splits["subset_per_class"] == 5 and results.images["total"] == 15
+    assert set(results.architectures["cnn"].variants) == {"network"}
     assert "Effect of SMOTE" not in (tmp_path / "run" / "report.md").read_text()
 
 
@@ -219,7 +220,7 @@ def test_a_changed_dataset_refuses_to_resume(tmp_path):
     with pytest.raises(ValueError, match="holds no benchmark"):
         benchmark_module.write_reports(out)
     # a run folder started on other data, with the same settings
-    benchmark_module._check_or_start_run_folder(out, config, {"classes": ["a", "b", "c"], "train": []}, data)
+    check_or_start_run_folder(out, config, {"classes": ["a", "b", "c"], "train": []}, data)
     with pytest.raises(ValueError, match="the splits of .* differ from those in .*splits.json .*dataset changed"):
         run_benchmark(data, out, config)
 
@@ -232,8 +233,8 @@ def test_smote_skip_and_divergence_are_reported(tiny_data, tmp_path, monkeypatch
 
     monkeypatch.setattr(smote_module, "fit_softmax_head", refuse)
     results = run_benchmark(tiny_data, tmp_path / "run", _config(architectures=("cnn",)))
-    assert set(results["architectures"]["cnn"]["variants"]) == {"network"}
-    assert all("SMOTE needs at least 2" in entry["smote_skipped"] for entry in results["folds"])
+    assert set(results.architectures["cnn"].variants) == {"network"}
+    assert all("SMOTE needs at least 2" in entry.smote_skipped for entry in results.folds)
     assert "SMOTE skipped" in caplog.text
 
     real = smote_module.embed_and_predict
@@ -281,9 +282,37 @@ def test_the_jax_backend_never_imports_tensorflow(tmp_path):
         results = run_benchmark(data, Path({str(tmp_path)!r}) / "run", config)
         import keras
         assert keras.backend.backend() == "jax" and "tensorflow" not in sys.modules
-        assert results["complete"], results
+        assert results.complete, results
         """
     )
     env = dict(os.environ, KERAS_BACKEND="jax")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_early_stopping_budget_and_single_split_architectures_are_recorded(tiny_data, tmp_path):
+    config = _config(
+        epochs=3, patience=1, time_budget_s=600, time_budgets_s={"unet_encoder": 900}, folds_trained={"unet_encoder": 1},
+        stopping_images=4,
+    )
+    recorder = Recorder()
+    results = run_benchmark(tiny_data, tmp_path / "run", config, callbacks=recorder)
+    assert [(t.architecture, t.fold) for t in recorder.plan] == [("cnn", 0), ("cnn", 1), ("unet_encoder", 0)]
+    assert results.complete and "3 of 3 folds" in results.finished_note
+    for fold in results.folds:
+        assert 1 <= fold.epochs_run <= 3 and fold.stop_reason and fold.params > 0
+        assert fold.time_budget_s == (300 if fold.architecture == "cnn" else 900)
+        assert fold.best_epoch is not None and "val_accuracy" in fold.history[0]
+    cnn, unet = results.architectures["cnn"], results.architectures["unet_encoder"]
+    assert cnn.test_accuracy == cnn.ensemble_test["network"]["accuracy"]["mean"]
+    assert unet.ensemble_test == {} and unet.test_accuracy == unet.variants["network"]["test"]["accuracy"]["mean"]
+    for summary in (cnn, unet):
+        assert set(summary.heads) == {"refit", "smote"} and summary.params and summary.train_seconds > 0
+        assert sum(summary.stop_reasons.values()) == summary.runs
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())["architectures"]["cnn"]
+    for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "epochs", "image_size", "train_seconds", "params"):
+        assert stored[key] is not None, key
+    assert stored["heads"]["smote"]["test_accuracy"] is not None and stored["heads"]["refit"]["val_accuracy"] is not None
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "patience 1; 600 s of training per architecture, unet_encoder 900 s" in report
+    assert "only the first fold of unet_encoder" in report

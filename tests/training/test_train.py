@@ -6,7 +6,7 @@ import pytest
 from smearflow_testkit import write_class_folders
 from smearflow.classifier.classifier import Classifier
 from smearflow.training.architectures import build_model, get_architecture
-from smearflow.training.train import TrainConfig, balanced_class_weights, images_trained_on, train_classifier
+from smearflow.training.train import TrainConfig, class_weights, images_trained_on, train_classifier
 
 
 def test_train_writes_a_loadable_model_folder_with_honest_splits(tmp_path):
@@ -36,10 +36,10 @@ def test_train_config_validates():
 
 
 def test_balanced_class_weights():
-    weights = balanced_class_weights(np.array([0, 0, 0, 1]), 2)
+    weights = class_weights("balanced", np.array([0, 0, 0, 1]), 2)
     assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
     with pytest.raises(ValueError, match="at least one training image"):
-        balanced_class_weights(np.array([0, 0]), 2)
+        class_weights("balanced", np.array([0, 0]), 2)
 
 
 def test_registry_rejects_unknown_names_and_small_inputs():
@@ -297,7 +297,7 @@ def test_prior_class_weights_keep_the_main_datasets_class_shares():
     assert class_weights("prior", main, 3, prior_labels=main) is None
     assert class_weights("prior", main, 3) is None
     assert class_weights("none", with_extra, 3, prior_labels=main) is None
-    assert class_weights("balanced", main, 3) == balanced_class_weights(main, 3)
+    assert class_weights("balanced", main, 3) == pytest.approx({i: 10 / (3 * n) for i, n in enumerate((6, 3, 1))})
     with pytest.raises(ValueError, match="mode must be one of"):
         class_weights("smote", main, 3)
     with pytest.raises(ValueError, match="every class needs at least one training image"):

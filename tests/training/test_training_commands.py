@@ -154,3 +154,42 @@ def test_benchmark_command_rejects_bad_json(data, tmp_path):
         app, ["benchmark", "--data", str(data), "--archs", "cnn", "--arch-params", "{cnn:", "--out", str(tmp_path / "r")]
     )
     assert result.exit_code == 2 and "--arch-params is not valid JSON" in " ".join(result.output.split())
+
+
+def test_benchmark_command_needs_its_data_and_a_database_to_promote(data, tmp_path):
+    missing = CliRunner().invoke(app, ["benchmark", "--archs", "cnn", "--out", str(tmp_path / "r")])
+    assert missing.exit_code == 2 and "--data" in missing.output
+    unknown = CliRunner().invoke(app, ["benchmark", "--data", str(data), "--preset", "gpu9"])
+    assert unknown.exit_code == 1 and "Unknown benchmark preset 'gpu9'" in unknown.output
+    promote = CliRunner().invoke(
+        app, ["benchmark", "--data", str(data), "--archs", "cnn", "--image-size", "32", "--promote"],
+        env={"SMEARFLOW_DATABASE_URL": ""},
+    )
+    assert promote.exit_code == 1 and "--promote needs a database" in promote.output
+
+
+def test_benchmark_preset_with_overrides():
+    from smearflow.commands.training import benchmark_config
+
+    config = benchmark_config("cpu", {"architectures": ("cnn",), "epochs": 2})
+    assert (config.architectures, config.epochs, config.image_size, config.patience) == (("cnn",), 2, 75, 2)
+    assert benchmark_config(None, {}).folds == 5
+
+
+def test_benchmark_promote_goes_through_the_gate_and_never_replaces_the_packaged_model_silently(data, tmp_path):
+    """The packaged model (other classes) is the baseline: the gate refuses to judge, the run is recorded failed."""
+    from sqlalchemy import select
+
+    from smearflow.db import make_engine, session_factory
+    from smearflow.db.models import ModelActivation, TrainingRun
+
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    args = _benchmark_args(data, tmp_path / "run", url)
+    result = CliRunner().invoke(app, [*args, "--no-smote", "--promote", "--models-dir", str(tmp_path / "models")])
+    assert result.exit_code == 1 and "are not the dataset's" in result.output, result.output
+    assert "report:" in result.stdout  # the benchmark itself finished and was reported first
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        run = session.scalars(select(TrainingRun)).one()
+        assert run.outcome == "failed" and not session.scalars(select(ModelActivation)).all()
+    engine.dispose()

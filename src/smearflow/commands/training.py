@@ -225,16 +225,27 @@ def _print_saved(folder) -> None:
 
 
 def benchmark(
-    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout).")] = Path(
-        "../shared/data/pbc"
-    ),
-    archs: Annotated[str, typer.Option("--archs", help="Architectures, comma-separated, or 'all'.")] = "all",
-    folds: Annotated[int, typer.Option(help="Stratified cross-validation folds.")] = 5,
-    image_size: Annotated[int, typer.Option(help="Input size in pixels (inceptionv3/hybrid need 75, xception 71).")] = 224,
-    epochs: Annotated[int, typer.Option(help="Training epochs per fold.")] = 28,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    data: Annotated[Path, typer.Option("--data", help="Class-folder dataset (the PBC layout). Required.")],
+    preset: Annotated[
+        Optional[str],
+        typer.Option("--preset", help="Named settings, e.g. cpu (all ten architectures sized for a 2-core CPU host); "
+                     "options given beside it override them."),
+    ] = None,
+    archs: Annotated[Optional[str], typer.Option("--archs", help="Architectures, comma-separated, or 'all' [all].")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="Stratified cross-validation folds [5].")] = None,
+    image_size: Annotated[
+        Optional[int], typer.Option(help="Input size in pixels (inceptionv3/hybrid need 75, xception 71) [224].")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Most training epochs per fold [28].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step [64].")] = None,
+    patience: Annotated[
+        Optional[int], typer.Option(help="Stop a fold when validation accuracy has not improved for this many epochs.")
+    ] = None,
+    time_budget: Annotated[
+        Optional[float], typer.Option("--time-budget", help="Training seconds per architecture, shared by its folds.")
+    ] = None,
     weights: WeightsOption = None,
-    freeze_backbone_epochs: Annotated[int, typer.Option(help="Epochs with frozen backbones (head only).")] = 0,
+    freeze_backbone_epochs: Annotated[Optional[int], typer.Option(help="Epochs with frozen backbones (head only) [0].")] = None,
     fine_tune_learning_rate: Annotated[
         Optional[float], typer.Option(help="Learning rate after the frozen epochs (default learning rate / 10).")
     ] = None,
@@ -242,15 +253,23 @@ def benchmark(
         Optional[Path], typer.Option("--out", help="Run folder (default runs/benchmark-<image size>px-<epochs>ep).")
     ] = None,
     subset: Annotated[Optional[int], typer.Option("--subset", help="At most N images per class (a reduced run).")] = None,
-    smote: Annotated[bool, typer.Option("--smote/--no-smote", help="Also report SMOTE-refitted heads.")] = True,
+    smote: Annotated[Optional[bool], typer.Option("--smote/--no-smote", help="Also report SMOTE-refitted heads [on].")] = None,
     seeds: Annotated[
-        str, typer.Option("--seeds", help="Seeds, comma-separated: one cross-validation each (shuffling study).")
-    ] = "20261125",
-    split_seed: Annotated[int, typer.Option(help="Seed of the subset and of the held-out test split.")] = 20261125,
-    test_fraction: Annotated[float, typer.Option(help="Share of images held out for the final test.")] = 0.15,
+        Optional[str], typer.Option("--seeds", help="Seeds, comma-separated: one cross-validation each [20261125].")
+    ] = None,
+    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the subset and of the held-out test split.")] = None,
+    test_fraction: Annotated[Optional[float], typer.Option(help="Share of images held out for the final test [0.15].")] = None,
     arch_params: Annotated[
         Optional[str], typer.Option(help='Builder parameters as JSON, e.g. \'{"cnn": {"filters": [16, 32]}}\'.')
     ] = None,
+    promote: Annotated[
+        bool,
+        typer.Option("--promote", help="Train the winner on the whole dataset and send it through the retraining "
+                     "gate: it becomes the active model only if it beats the one in use (needs a database)."),
+    ] = False,
+    models_dir: Annotated[
+        Path, typer.Option("--models-dir", help="Where a promoted candidate's model folder is written.")
+    ] = Path("models"),
     database_url: DatabaseUrl = None,
 ):
     """Benchmark architectures with stratified k-fold CV, SMOTE and a held-out test split.
@@ -260,60 +279,81 @@ def benchmark(
     With a database URL (--database-url or SMEARFLOW_DATABASE_URL) the run and one row per
     architecture and fold are recorded there too.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from smearflow.errors import SmearflowError
-    from smearflow.training.benchmark import BenchmarkConfig, run_benchmark
 
+    given = {
+        "architectures": parse_names(archs) if archs else None, "folds": folds, "image_size": image_size,
+        "epochs": epochs, "batch_size": batch_size, "seeds": parse_ints(seeds, "--seeds") if seeds else None,
+        "split_seed": split_seed, "test_fraction": test_fraction, "subset_per_class": subset, "smote": smote,
+        "weights": parse_weights(weights) or None, "freeze_backbone_epochs": freeze_backbone_epochs,
+        "fine_tune_learning_rate": fine_tune_learning_rate, "arch_params": _json_option(arch_params, "--arch-params"),
+        "patience": patience, "time_budget_s": time_budget,
+    }
     try:
-        params = json.loads(arch_params) if arch_params else {}
-    except json.JSONDecodeError as error:
-        raise typer.BadParameter(f"--arch-params is not valid JSON ({error}). Received: {arch_params!r}") from None
-    try:
-        config = BenchmarkConfig.from_dict(
-            {
-                "architectures": parse_names(archs),
-                "folds": folds,
-                "image_size": image_size,
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "seeds": parse_ints(seeds, "--seeds"),
-                "split_seed": split_seed,
-                "test_fraction": test_fraction,
-                "subset_per_class": subset,
-                "smote": smote,
-                "weights": parse_weights(weights),
-                "freeze_backbone_epochs": freeze_backbone_epochs,
-                "fine_tune_learning_rate": fine_tune_learning_rate,
-                "arch_params": params,
-            }
-        )
+        config = benchmark_config(preset, {k: v for k, v in given.items() if v is not None})
     except ValueError as error:
         _fail(error)
-    out = out or Path("runs") / f"benchmark-{image_size}px-{epochs}ep"
-    recorder = DatabaseRecorder(database_url, config, out) if database_url else None
+    if promote and not database_url:
+        _fail(ValueError("--promote needs a database (--database-url or SMEARFLOW_DATABASE_URL)"))
+    out = out or Path("runs") / f"benchmark-{config.image_size}px-{config.epochs}ep"
+    try:
+        results = _run_with_progress(data, out, config, database_url)
+    except (SmearflowError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    _print_summary(results)
+    if promote:
+        _promote(results, config, data, models_dir, database_url)
+
+
+def benchmark_config(preset: str | None, given: dict):
+    """The benchmark settings: a named preset (or the defaults) with the options given applied.
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset or settings a :class:`BenchmarkConfig` refuses.
+    """
+    from smearflow.training.benchmark import BenchmarkConfig, preset_config
+
+    return preset_config(preset, **given) if preset else BenchmarkConfig.from_dict(given)
+
+
+def _json_option(text: str | None, option: str):
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError as error:
+        raise typer.BadParameter(f"{option} is not valid JSON ({error}). Received: {text!r}") from None
+
+
+def _run_with_progress(data: Path, out: Path, config, database_url: str | None):
+    """Run the benchmark under a progress bar, recording it in the database when a URL is given."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from smearflow.training.benchmark import run_benchmark
+    from smearflow.worker.rebenchmark import finished_so_far
+
+    recorder = _start_recorder(database_url, config, out) if database_url else None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr_console()) as progress:
-        callbacks = _ProgressCallbacks(progress, recorder)
         try:
-            results = run_benchmark(data, out, config, callbacks=callbacks)
+            results = run_benchmark(data, out, config, callbacks=_ProgressCallbacks(progress, recorder))
         except BaseException as error:
+            progress.stop()
             if recorder is not None:
-                recorder.fail(error)
-            if isinstance(error, (SmearflowError, ValueError, FileNotFoundError)):
-                progress.stop()
-                _fail(error)
+                recorder.finish("failed", error, finished_so_far(out))
             raise
     if recorder is not None:
-        recorder.finish()
-    _print_summary(results)
+        recorder.finish("done", None, results)
+    return results
 
 
-def _print_summary(results: dict) -> None:
+def _print_summary(results) -> None:
     from rich.table import Table
 
-    table = Table(title=f"benchmark in {results['run_folder']}", title_justify="left")
-    for column in ("architecture", "runs", "val accuracy", "val macro-F1", "ensemble test accuracy", "SMOTE val macro-F1"):
+    table = Table(title=f"benchmark in {results.run_folder}", title_justify="left")
+    columns = ("architecture", "runs", "epochs run", "val accuracy", "val macro-F1", "ensemble test accuracy",
+               "SMOTE val macro-F1")
+    for column in columns:
         table.add_column(column, justify="left" if column == "architecture" else "right")
 
     def pct(stat):
@@ -321,23 +361,24 @@ def _print_summary(results: dict) -> None:
             return "–"
         return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
 
-    for name, summary in results["architectures"].items():
-        network = summary["variants"]["network"]
+    for name, summary in results.architectures.items():
+        network = summary.variants["network"]
         table.add_row(
             name,
-            str(summary["runs"]),
+            str(summary.runs),
+            ", ".join(str(n) for n in summary.epochs_run),
             pct(network["validation"]["accuracy"]),
             pct(network["validation"]["macro_f1"]),
-            pct(summary["ensemble_test"].get("network", {}).get("accuracy")),
-            pct(summary["variants"].get("smote", {}).get("validation", {}).get("macro_f1")),
+            pct(summary.ensemble_test.get("network", {}).get("accuracy")),
+            pct(summary.variants.get("smote", {}).get("validation", {}).get("macro_f1")),
         )
     console = stdout_console()
     console.print(table)
-    console.print(f"report: {Path(results['run_folder']) / 'report.md'}")
+    console.print(f"report: {Path(results.run_folder) / 'report.md'}")
 
 
 class _ProgressCallbacks:
-    """Rich progress over the epochs still to train; forwards fold results to the database."""
+    """Rich progress over the epochs still to train; forwards fold results to the database recorder."""
 
     def __init__(self, progress, recorder):
         self.progress = progress
@@ -353,8 +394,6 @@ class _ProgressCallbacks:
         description = f"benchmark ({resumed} fold(s) resumed)" if resumed else "benchmark"
         self.total = max(total, 1)
         self.task_id = self.progress.add_task(description, total=self.total)
-        if self.recorder is not None:
-            self.recorder.start()
 
     def on_epoch_end(self, task, epoch, logs):
         self.done_epochs += 1
@@ -366,116 +405,55 @@ class _ProgressCallbacks:
 
     def on_fold_end(self, task, entry, resumed):
         if self.recorder is not None:
-            self.recorder.add_fold(entry)
+            self.recorder.on_fold_end(task, entry, resumed)
 
     def on_end(self, results):
         self.progress.update(self.task_id, completed=self.total, description="benchmark done")
         if self.recorder is not None:
-            self.recorder.add_aggregates(results)
+            self.recorder.on_end(results)
 
 
-class DatabaseRecorder:
-    """Records a benchmark in the database: a run, one row per architecture × seed × fold, one aggregate per architecture.
+def _start_recorder(database_url: str, config, run_folder: Path):
+    """Start a database run for this run folder and return its recorder.
 
-    Each write is its own transaction, so rows of finished folds survive a
-    crash. A resumed run folder gets a new database run holding every fold
-    (read back or trained); the interrupted one stays ``failed`` (or, after a
-    hard kill, is marked failed on resume through ``database_run.json``).
+    A resumed run folder gets a new database run holding every fold (read
+    back or trained); the interrupted one, still ``running`` after a hard
+    kill, is marked failed through the folder's ``database_run.json``.
     """
+    from smearflow.commands.common import open_database
+    from smearflow.db import repository, session_scope
+    from smearflow.db.models import BenchmarkRun
+    from smearflow.worker.rebenchmark import BenchmarkRecorder
 
-    def __init__(self, database_url: str | None, config, run_folder: Path):
-        self.database_url = database_url
-        self.config = config
-        self.run_folder = Path(run_folder)
-        self.factory = None
-        self.run_id = None
+    _, factory = open_database(database_url)
+    marker = Path(run_folder) / "database_run.json"
+    with session_scope(factory) as session:
+        if marker.is_file():
+            previous = session.get(BenchmarkRun, json.loads(marker.read_text()).get("run_id"))
+            if previous is not None and previous.status == "running":
+                repository.finish_benchmark_run(session, previous, status="failed", error="interrupted; resumed as a new run")
+        run = repository.start_benchmark_run(
+            session, f"benchmark {', '.join(config.architectures)}", config=config.to_dict(),
+            run_folder=str(Path(run_folder).resolve()),
+        )
+        run_id = run.id
+    Path(run_folder).mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"run_id": run_id}) + "\n")
+    return BenchmarkRecorder(factory, run_id)
 
-    def _session(self):
-        from smearflow.db.engine import session_scope
 
-        return session_scope(self.factory)
+def _promote(results, config, data: Path, models_dir: Path, database_url: str) -> None:
+    """Send the benchmark's winner through the retraining gate and say what the gate decided."""
+    from smearflow.commands.common import open_database
+    from smearflow.errors import SmearflowError
+    from smearflow.worker.rebenchmark import promote_winner
 
-    def start(self) -> None:
-        from smearflow.commands.common import open_database
-        from smearflow.db import repository
-        from smearflow.db.models import BenchmarkRun
-
-        _, self.factory = open_database(self.database_url)
-        marker = self.run_folder / "database_run.json"
-        with self._session() as session:
-            if marker.is_file():
-                previous = session.get(BenchmarkRun, json.loads(marker.read_text()).get("run_id"))
-                if previous is not None and previous.status == "running":
-                    repository.finish_benchmark_run(
-                        session, previous, status="failed", error="interrupted; resumed as a new run"
-                    )
-            run = repository.start_benchmark_run(
-                session,
-                f"benchmark {', '.join(self.config.architectures)}",
-                config=self.config.to_dict(),
-                run_folder=str(self.run_folder.resolve()),
-            )
-            self.run_id = run.id
-        marker.write_text(json.dumps({"run_id": self.run_id}) + "\n")
-
-    def _run(self, session):
-        from smearflow.db.models import BenchmarkRun
-
-        return session.get(BenchmarkRun, self.run_id)
-
-    def add_fold(self, entry: dict) -> None:
-        from smearflow.db import repository
-
-        network = entry["variants"]["network"]["validation"]
-        metrics = {k: v for k, v in entry.items() if k not in ("history", "architecture", "fold")}
-        with self._session() as session:
-            repository.add_benchmark_result(
-                session,
-                self._run(session),
-                entry["architecture"],
-                entry["fold"],
-                metrics,
-                accuracy=network["accuracy"],
-                macro_f1=network["macro_f1"],
-                seconds=entry["seconds"],
-            )
-
-    def add_aggregates(self, results: dict) -> None:
-        from smearflow.db import repository
-
-        with self._session() as session:
-            run = self._run(session)
-            for name in self.config.architectures:
-                summary = results["architectures"].get(name)
-                if summary is None:
-                    continue
-                ensemble = summary["ensemble_test"].get("network", {})
-                repository.add_benchmark_result(
-                    session,
-                    run,
-                    name,
-                    -1,
-                    {"aggregate": summary, "note": "accuracy and macro_f1: held-out test split, fold ensemble"},
-                    accuracy=ensemble.get("accuracy", {}).get("mean"),
-                    macro_f1=ensemble.get("macro_f1", {}).get("mean"),
-                    seconds=summary["seconds_per_fold"]["mean"],
-                )
-
-    def finish(self) -> None:
-        from smearflow.db import repository
-
-        with self._session() as session:
-            repository.finish_benchmark_run(session, self._run(session), status="done")
-
-    def fail(self, error: BaseException) -> None:
-        from smearflow.db import repository
-
-        if self.run_id is None:
-            return
-        with self._session() as session:
-            repository.finish_benchmark_run(
-                session, self._run(session), status="failed", error=error if str(error) else type(error).__name__
-            )
+    _, factory = open_database(database_url)
+    try:
+        outcome = promote_winner(factory, results, config, data_dir=data, models_dir=models_dir)
+    except (SmearflowError, ValueError) as error:
+        _fail(error)
+    stdout_console().print(f"promotion: {outcome.outcome}: {outcome.reason}", highlight=False)
 
 
 def evaluate_classifier(

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
-from smearflow.classifier.preprocessing import load_resized
 from smearflow.datasets import ImageDataset
-from smearflow.errors import BadDatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -64,85 +60,13 @@ def batches(
     BadDatasetError
         From a training batch, when no image of the dataset can be read.
     """
-    import keras
+    # Keras loads here, when batches are first wanted, so that importing training code stays light.
+    from smearflow.training.class_folder_batches import ClassFolderBatches
 
-    from smearflow.training.augment import augment
-
-    if decoded is None:
-        decoded = {}
-        keep = cache
-    else:
-        keep = True
-    source_size_px = size_px * AUGMENT_OVERSAMPLING if training else size_px
-
-    def load(i: int) -> np.ndarray | None:
-        key = (dataset.paths[i], source_size_px)
-        if key in decoded:
-            return decoded[key]
-        image = load_resized(dataset.paths[i], source_size_px)
-        if keep:
-            decoded[key] = image
-        return image
-
-    def augmented(image, rng):
-        return augment(image, rng, out_size_px=size_px, recipe=augmentation, strength=augment_strength)
-
-    class _ClassFolderBatches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__(workers=2, use_multiprocessing=False)
-            self.rng = np.random.default_rng(seed)
-            self.order = np.arange(len(dataset))
-            if training:
-                self.rng.shuffle(self.order)
-            self.n_skipped = 0
-
-        def __len__(self):
-            return int(np.ceil(len(dataset) / batch_size))
-
-        def __getitem__(self, index):
-            chosen = self.order[index * batch_size : (index + 1) * batch_size]
-            images, labels = [], []
-            # One generator per batch: deterministic for a seed even with worker threads.
-            rng = np.random.default_rng([seed, index, self.epoch]) if training else None
-            for i in chosen:
-                image = load(i)
-                if image is None:
-                    self.n_skipped += 1
-                    continue
-                images.append(augmented(image, rng) if training else image)
-                labels.append(dataset.labels[i])
-            if not images and training:
-                images, labels = self._borrow(index, len(chosen), rng)
-            if images:
-                x = np.stack(images).astype(np.float32)
-            else:
-                x = np.zeros((0, size_px, size_px, 3), dtype=np.float32)
-            y = np.asarray(labels, dtype=np.int64)
-            if num_classes is not None:
-                y = np.eye(num_classes, dtype=np.float32)[y]
-            return x, y
-
-        def _borrow(self, index, wanted, rng):
-            # The rest of the epoch's order, wrapping around, after this batch.
-            start = (index + 1) * batch_size
-            images, labels = [], []
-            for i in np.roll(self.order, -start):
-                image = load(i)
-                if image is not None:
-                    images.append(augmented(image, rng))
-                    labels.append(dataset.labels[i])
-                    if len(images) == wanted:
-                        break
-            if not images:
-                raise BadDatasetError(f"{dataset.root}: none of the {len(dataset)} images can be read")
-            logger.warning("batch %d held only unreadable images: filled with %d others", index, len(images))
-            return images, labels
-
-        epoch = 0
-
-        def on_epoch_end(self):
-            self.epoch += 1
-            if training:
-                self.rng.shuffle(self.order)
-
-    return _ClassFolderBatches()
+    keep = cache if decoded is None else True
+    return ClassFolderBatches(
+        dataset, size_px, batch_size, training=training, seed=seed, num_classes=num_classes,
+        decoded={} if decoded is None else decoded, keep=keep,
+        source_size_px=size_px * AUGMENT_OVERSAMPLING if training else size_px,
+        augmentation=augmentation, augment_strength=augment_strength,
+    )

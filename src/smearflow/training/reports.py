@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from smearflow.training.results import ArchitectureSummary, BenchmarkResults
+
 SUMMARY_METRICS = (
     "accuracy",
     "macro_precision",
@@ -200,65 +202,81 @@ def _pct(stat: dict | None) -> str:
     return f"{100 * stat['mean']:.2f}"
 
 
-def render_report(results: dict) -> str:
+def render_report(results: BenchmarkResults) -> str:
     """The Markdown report of a benchmark: protocol, comparison table, SMOTE effect, plots.
 
     Parameters
     ----------
-    results : dict
-        The content of ``results.json`` (see
-        :func:`~smearflow.training.benchmark.run_benchmark`).
+    results : BenchmarkResults
+        The content of ``results.json``.
     """
-    config = results["config"]
+    lines = _protocol_lines(results) + _comparison_lines(results)
+    if results.config["smote"]:
+        lines += _smote_lines(results)
+    if len(results.config["seeds"]) > 1:
+        lines += _seed_lines(results)
+    lines += ["", "## Plots", ""]
+    for name, summary in results.architectures.items():
+        links = ", ".join(f"[{label}]({path})" for label, path in summary.plots.items())
+        lines.append(f"- {name}: {links}")
+    lines.append("")
+    lines.append(f"Per-fold figures: `results.json` and `results.csv`; splits: `splits.json`. {results.finished_note}")
+    return "\n".join(lines) + "\n"
+
+
+def _protocol_lines(results: BenchmarkResults) -> list[str]:
+    config = results.config
     smote_note = "; SMOTE on penultimate-layer embeddings of each training fold, softmax head refitted"
-    lines = [
+    trained = config.get("folds_trained") or {}
+    single = f"; only the first fold of {', '.join(trained)}" if trained else ""
+    stopping = (
+        (f"; early stopping on validation accuracy, patience {config['patience']}" if config.get("patience") else "")
+        + (f"; {config['time_budget_s']:.0f} s of training per architecture" if config.get("time_budget_s") else "")
+        + "".join(f", {name} {seconds:.0f} s" for name, seconds in (config.get("time_budgets_s") or {}).items())
+    )
+    return [
         "# Classifier benchmark",
         "",
-        f"- data: `{results['data']}`, {len(results['classes'])} classes ({', '.join(results['classes'])})",
-        f"- images: {results['images']['total']} used"
+        f"- data: `{results.data}`, {len(results.classes)} classes ({', '.join(results.classes)})",
+        f"- images: {results.images['total']} used"
         + (f" (at most {config['subset_per_class']} per class)" if config.get("subset_per_class") else "")
-        + f"; held-out test split {results['images']['test']} images "
+        + f"; held-out test split {results.images['test']} images "
         f"({config['test_fraction']:.0%}, stratified, seed {config['split_seed']}), never used for training or SMOTE",
-        f"- protocol: stratified {config['folds']}-fold cross-validation of the other {results['images']['train']} "
-        f"images, seeds {', '.join(str(s) for s in config['seeds'])}; every fold model is also scored on the test split, "
-        "and the fold models' mean probabilities give the fold-ensemble test figure",
+        f"- protocol: stratified {config['folds']}-fold cross-validation of the other {results.images['train']} "
+        f"images, seeds {', '.join(str(s) for s in config['seeds'])}{single}; every fold model is also scored on "
+        "the test split, and the fold models' mean probabilities give the fold-ensemble test figure",
+        f"- training: at most {config['epochs']} epochs per fold{stopping}",
         f"- class imbalance: class weights ({config['class_weight']})" + (smote_note if config["smote"] else ""),
         f"- weights: {', '.join(f'{k}={v}' for k, v in config['weights'].items()) or 'none (trained from scratch)'}"
         + (f"; backbones frozen for {frozen} epoch(s)" if (frozen := config["freeze_backbone_epochs"]) else ""),
         "- figures: mean ± sample std over folds (and seeds), in %",
         "",
         "| architecture | image size | epochs | runs | val accuracy | val macro-F1 | test accuracy | test macro-F1 "
-        "| fold-ensemble test accuracy | SMOTE val accuracy | SMOTE val macro-F1 | SMOTE test accuracy | s / fold | machine |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| fold-ensemble test accuracy | SMOTE val accuracy | SMOTE val macro-F1 | SMOTE test accuracy | s / fold "
+        "| parameters | stopped | machine |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    best = None
-    for name, summary in results["architectures"].items():
-        network = summary["variants"].get("network", {})
-        smote = summary["variants"].get("smote", {})
-        ensemble = summary.get("ensemble_test", {}).get("network", {})
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    name,
-                    str(summary["image_size"]),
-                    str(summary["epochs"]),
-                    str(summary["runs"]),
-                    _pct(network.get("validation", {}).get("accuracy")),
-                    _pct(network.get("validation", {}).get("macro_f1")),
-                    _pct(network.get("test", {}).get("accuracy")),
-                    _pct(network.get("test", {}).get("macro_f1")),
-                    _pct(ensemble.get("accuracy")),
-                    _pct(smote.get("validation", {}).get("accuracy")),
-                    _pct(smote.get("validation", {}).get("macro_f1")),
-                    _pct(smote.get("test", {}).get("accuracy")),
-                    f"{summary['seconds_per_fold']['mean']:.0f}" if summary["seconds_per_fold"]["mean"] else "–",
-                    "; ".join(summary["machines"]),
-                ]
-            )
-            + " |"
-        )
-        for variant, stats in summary.get("ensemble_test", {}).items():
+
+
+def _comparison_lines(results: BenchmarkResults) -> list[str]:
+    lines, best = [], None
+    for name, summary in results.architectures.items():
+        network = summary.variants.get("network", {})
+        smote = summary.variants.get("smote", {})
+        cells = [
+            name, str(summary.image_size), _epochs(summary), str(summary.runs),
+            _pct(network.get("validation", {}).get("accuracy")), _pct(network.get("validation", {}).get("macro_f1")),
+            _pct(network.get("test", {}).get("accuracy")), _pct(network.get("test", {}).get("macro_f1")),
+            _pct(summary.ensemble_test.get("network", {}).get("accuracy")),
+            _pct(smote.get("validation", {}).get("accuracy")), _pct(smote.get("validation", {}).get("macro_f1")),
+            _pct(smote.get("test", {}).get("accuracy")),
+            f"{summary.seconds_per_fold['mean']:.0f}" if summary.seconds_per_fold["mean"] else "–",
+            f"{summary.params / 1e6:.1f} M" if summary.params else "–",
+            "; ".join(f"{reason} ×{n}" for reason, n in summary.stop_reasons.items()) or "–",
+            "; ".join(summary.machines),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        for variant, stats in summary.ensemble_test.items():
             accuracy = stats.get("accuracy", {}).get("mean")
             if accuracy is not None and (best is None or accuracy > best[0]):
                 best = (accuracy, name, variant)
@@ -273,46 +291,53 @@ def render_report(results: dict) -> str:
             f"Best fold-ensemble test accuracy here: {100 * best[0]:.2f}% ({best[1]}, {best[2]} head), "
             f"which {verdict} the reference at this run's image size, epochs and data."
         )
-    if config["smote"]:
-        lines += [
-            "",
-            "## Effect of SMOTE",
-            "",
-            "Same trained network per fold, three softmax heads: the network's own (`network`), a head refitted on the "
-            "training fold's embeddings as they are (`refit`, the control), and one refitted on SMOTE-balanced "
-            "embeddings (`smote`). Validation figures; macro-F1 is the one that weighs rare classes.",
-            "",
-            "| architecture | network accuracy | network macro-F1 | refit accuracy | refit macro-F1 "
-            "| SMOTE accuracy | SMOTE macro-F1 |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, summary in results["architectures"].items():
-            cells = []
-            for variant in ("network", "refit", "smote"):
-                validation = summary["variants"].get(variant, {}).get("validation", {})
-                cells += [_pct(validation.get("accuracy")), _pct(validation.get("macro_f1"))]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if len(config["seeds"]) > 1:
-        lines += [
-            "",
-            "## Shuffling study",
-            "",
-            "Per seed (another fold assignment, batch order, augmentation and initialisation), the mean validation "
-            "accuracy over folds; then mean ± std of those means over seeds.",
-            "",
-            "| architecture | " + " | ".join(f"seed {s}" for s in config["seeds"]) + " | over seeds |",
-            "|---|" + "---:|" * (len(config["seeds"]) + 1),
-        ]
-        for name, summary in results["architectures"].items():
-            per_seed = summary.get("per_seed", {})
-            cells = [_pct({"mean": per_seed.get(str(s)), "n": 1}) if per_seed.get(str(s)) is not None else "–"
-                     for s in config["seeds"]]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(summary.get('over_seeds'))} |")
-    lines += ["", "## Plots", ""]
-    for name, summary in results["architectures"].items():
-        plots = summary.get("plots", {})
-        links = ", ".join(f"[{label}]({path})" for label, path in plots.items())
-        lines.append(f"- {name}: {links}")
-    lines.append("")
-    lines.append(f"Per-fold figures: `results.json` and `results.csv`; splits: `splits.json`. {results['finished_note']}")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _smote_lines(results: BenchmarkResults) -> list[str]:
+    lines = [
+        "",
+        "## Effect of SMOTE",
+        "",
+        "Same trained network per fold, three softmax heads: the network's own (`network`), a head refitted on the "
+        "training fold's embeddings as they are (`refit`, the control), and one refitted on SMOTE-balanced "
+        "embeddings (`smote`). Validation figures; macro-F1 is the one that weighs rare classes.",
+        "",
+        "| architecture | network accuracy | network macro-F1 | refit accuracy | refit macro-F1 "
+        "| SMOTE accuracy | SMOTE macro-F1 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, summary in results.architectures.items():
+        cells = []
+        for variant in ("network", "refit", "smote"):
+            validation = summary.variants.get(variant, {}).get("validation", {})
+            cells += [_pct(validation.get("accuracy")), _pct(validation.get("macro_f1"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _seed_lines(results: BenchmarkResults) -> list[str]:
+    seeds = results.config["seeds"]
+    lines = [
+        "",
+        "## Shuffling study",
+        "",
+        "Per seed (another fold assignment, batch order, augmentation and initialisation), the mean validation "
+        "accuracy over folds; then mean ± std of those means over seeds.",
+        "",
+        "| architecture | " + " | ".join(f"seed {s}" for s in seeds) + " | over seeds |",
+        "|---|" + "---:|" * (len(seeds) + 1),
+    ]
+    for name, summary in results.architectures.items():
+        per_seed = summary.per_seed
+        cells = [_pct({"mean": per_seed.get(str(s)), "n": 1}) if per_seed.get(str(s)) is not None else "–" for s in seeds]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(summary.over_seeds)} |")
+    return lines
+
+
+def _epochs(summary: ArchitectureSummary) -> str:
+    """Planned epochs, with the range trained when early stopping or the budget cut folds short."""
+    run = summary.epochs_run
+    if not run or (min(run) == max(run) == summary.epochs):
+        return str(summary.epochs)
+    return f"{min(run)}–{max(run)} of {summary.epochs}"

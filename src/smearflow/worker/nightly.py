@@ -262,6 +262,7 @@ class _Run:
     candidate: Any = None
     candidate_metrics: dict | None = None
     baseline_metrics: dict | None = None
+    actor: str = NIGHTLY_ACTOR
 
 
 def run_retraining(
@@ -273,6 +274,7 @@ def run_retraining(
     train: Callable[..., Any] | None = None,
     evaluate: Callable[..., dict[str, Any]] = evaluate_model_folder,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    actor: str = NIGHTLY_ACTOR,
 ) -> RetrainOutcome:
     """Train a candidate, score it and the baseline on the gate split, activate it if it wins; record it all.
 
@@ -293,6 +295,9 @@ def run_retraining(
         ``evaluate(model_dir, data_dir, images) -> metrics``.
     now : callable
         The current UTC time.
+    actor : str
+        Who an activation is recorded as made by (the benchmark's promotion
+        passes its own name).
 
     Returns
     -------
@@ -313,6 +318,7 @@ def run_retraining(
 
     config = TrainConfig.from_dict(dict(settings.train_config))
     run = _begin(session_factory, settings, config, task_id, now)
+    run.actor = actor
     try:
         dataset = _check_dataset(settings.data_dir)
         _choose_baseline(session_factory, settings, run, default_model_dir)
@@ -477,7 +483,7 @@ def _decide_and_record(session_factory, settings: RetrainSettings, run: _Run) ->
     with transient_database_errors(), session_scope(session_factory) as session:
         version = register_model_folder(session, run.candidate.path, _scalars(run.candidate_metrics))
         if activate:
-            runs.activate(session, version.name, actor=NIGHTLY_ACTOR, reason=reason, automatic=True)
+            runs.activate(session, version.name, actor=run.actor, reason=reason, automatic=True)
         row = session.get(runs.TrainingRun, run.run_id)
         runs.finish_training_run(
             session, row, "activated" if activate else "kept-active", reason=reason, candidate=version,

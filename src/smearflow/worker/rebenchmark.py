@@ -1,9 +1,11 @@
 """The weekly re-benchmark, as a plain function the beat task calls.
 
 It runs :func:`smearflow.training.benchmark.run_benchmark` on the training
-dataset and records the run (``benchmark_runs``) when it starts, with every
-finished fold when it ends — also when it times out: the folds already
-written to the run folder are recorded, and the next run with the same
+dataset and records the run (``benchmark_runs``) when it starts, every fold
+as it finishes and the aggregates when it ends, through
+:class:`BenchmarkRecorder` — the recorder the ``benchmark`` command uses too,
+so a benchmark stores the same rows whoever ran it. When it times out the
+folds already written to the run folder are recorded, and the next run with the same
 settings *resumes that folder* instead of starting again, so a benchmark too
 long for one night finishes over several. A run whose process keeps dying is
 given up after ``max_attempts`` deliveries, and a failed run is raised as a
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from smearflow.errors import PermanentError
+from smearflow.training.benchmark_config import BenchmarkCallbacks
+from smearflow.training.results import BenchmarkResults, BenchmarkRow, FoldResult, aggregate_row, fold_row
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +82,9 @@ def run_rebenchmark(
         A new run folder is ``out_dir/nightly-<UTC time>``; an unfinished one
         with the same settings is resumed instead.
     benchmark_config : dict, optional
-        ``BenchmarkConfig`` fields (``SMEARFLOW_BENCHMARK_CONFIG``); empty or
-        ``None`` means :data:`CPU_BENCHMARK_CONFIG`.
+        ``BenchmarkConfig`` fields (``SMEARFLOW_BENCHMARK_CONFIG``), or a
+        preset with changes, e.g. ``{"preset": "cpu"}``; empty or ``None``
+        means :data:`CPU_BENCHMARK_CONFIG`.
     task_id : str, optional
         The Celery task id (deliveries of the same task count as attempts).
     max_attempts : int
@@ -107,30 +112,45 @@ def run_rebenchmark(
     config = dict(benchmark_config or CPU_BENCHMARK_CONFIG)
     recorded = {"data_dir": None if data_dir is None else str(data_dir), "benchmark_config": config}
     run_id, run_folder, resumed = _begin(session_factory, recorded, out_dir, task_id, max_attempts, now)
+    recorder = BenchmarkRecorder(session_factory, run_id)
     try:
         if data_dir is None:
             raise PermanentError("no benchmark dataset is configured (set SMEARFLOW_TRAIN_DATA)")
-        from smearflow.training.benchmark import BenchmarkConfig
-
-        results = load_benchmark()(data_dir, run_folder, BenchmarkConfig.from_dict(config))
+        results = load_benchmark()(data_dir, run_folder, benchmark_settings(config), callbacks=recorder)
     except SoftTimeLimitExceeded as exc:
-        results = _finished_so_far(run_folder)
+        results = finished_so_far(run_folder)
         error = (
             f"the benchmark reached its time limit, SMEARFLOW_TRAINING_TIME_LIMIT_S={time_limit_s or 0:.0f} s, "
-            f"with {len(results.get('folds') or [])} fold(s) finished and recorded; the next run resumes {run_folder}"
+            f"with {len(results.folds) if results else 0} fold(s) finished and recorded; "
+            f"the next run resumes {run_folder}"
         )
-        _finish(session_factory, run_id, "failed", error, results)
+        recorder.finish("failed", error, results)
         raise BenchmarkFailed(error) from exc
     except (PermanentError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"
-        _finish(session_factory, run_id, "failed", error, _finished_so_far(run_folder))
+        recorder.finish("failed", error, finished_so_far(run_folder))
         raise BenchmarkFailed(error) from exc
     except Exception as exc:
         logger.exception("re-benchmark failed")
-        _finish(session_factory, run_id, "failed", exc, _finished_so_far(run_folder))
+        recorder.finish("failed", exc, finished_so_far(run_folder))
         raise
-    _finish(session_factory, run_id, "done", None, results if isinstance(results, dict) else None)
+    recorder.finish("done", None, results)
     return {"status": "done", "run_folder": str(run_folder), "resumed": resumed, "error": None}
+
+
+def benchmark_settings(config: Mapping[str, Any]):
+    """A :class:`BenchmarkConfig` from ``SMEARFLOW_BENCHMARK_CONFIG``: its fields, or ``{"preset": NAME, ...}``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset or invalid settings.
+    """
+    from smearflow.training.benchmark_config import BenchmarkConfig, preset_config
+
+    fields = dict(config)
+    preset = fields.pop("preset", None)
+    return preset_config(preset, **fields) if preset else BenchmarkConfig.from_dict(fields)
 
 
 def _begin(session_factory, recorded: dict, out_dir, task_id, max_attempts: int, now) -> tuple[int, Path, bool]:
@@ -152,69 +172,130 @@ def _begin(session_factory, recorded: dict, out_dir, task_id, max_attempts: int,
     return run_id, Path(run_folder), resumed
 
 
-def _finished_so_far(run_folder: Path) -> dict:
-    """The results of the folds a stopped benchmark wrote to its run folder (empty when none)."""
+def finished_so_far(run_folder: Path) -> BenchmarkResults | None:
+    """The results of the folds a stopped benchmark wrote to its run folder (``None`` when none)."""
     from smearflow.training.benchmark import write_reports
 
     if not (run_folder / "folds").is_dir() or not any((run_folder / "folds").glob("*/seed*-fold*.json")):
-        return {}
+        return None
     try:
         return write_reports(run_folder)
     except Exception:  # noqa: BLE001 - the failure being recorded matters more than the partial report
         logger.exception("could not summarise the finished folds of %s", run_folder)
-        return {}
+        return None
 
 
-def _finish(session_factory, run_id: int, status: str, error, results: Mapping[str, Any] | None) -> None:
-    from smearflow.db import repository, session_scope, transient_database_errors
-    from smearflow.db.models import BenchmarkRun
+class BenchmarkRecorder(BenchmarkCallbacks):
+    """Records one benchmark run in the database: the one recorder of the ``benchmark`` command and the nightly job.
 
-    if status == "failed":
-        logger.error("re-benchmark failed: %s", error)
-    with transient_database_errors(), session_scope(session_factory) as session:
-        run = session.get(BenchmarkRun, run_id)
-        for row in benchmark_rows(results or {}):
-            repository.add_benchmark_result(session, run, **row)
-        repository.finish_benchmark_run(session, run, status, error)
+    One row per fold as it finishes (read back from a resumed run folder or
+    trained; :func:`~smearflow.training.results.fold_row`), one aggregate
+    row per architecture when the run ends
+    (:func:`~smearflow.training.results.aggregate_row`). Each write is its
+    own transaction, so the rows of finished folds survive a crash; a row
+    is written once however often it is offered.
 
-
-def _scalar_figures(metrics: Any) -> dict[str, Any]:
-    if not isinstance(metrics, Mapping):
-        return {}
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def benchmark_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``add_benchmark_result`` keyword arguments from ``run_benchmark``'s results.
-
-    One row per fold (the network's validation figures) and one per
-    architecture with fold ``-1`` (its fold ensemble on the held-out test
-    split). Entries of another shape are skipped.
+    Parameters
+    ----------
+    session_factory : sessionmaker
+    run_id : int
+        The ``benchmark_runs`` row, started by the caller.
     """
-    rows = []
-    for entry in results.get("folds") or []:
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("fold"), int):
-            continue
-        figures = ((entry.get("variants") or {}).get("network") or {}).get("validation")
-        rows.append(
-            {"architecture": str(entry.get("architecture")), "fold": entry["fold"], "metrics": _scalar_figures(figures)}
+
+    def __init__(self, session_factory, run_id: int):
+        self.session_factory = session_factory
+        self.run_id = run_id
+        self.recorded: set[tuple] = set()
+
+    def on_fold_end(self, task, entry: FoldResult, resumed: bool) -> None:
+        self._write([fold_row(entry)])
+
+    def on_end(self, results: BenchmarkResults) -> None:
+        self.record(results)
+
+    def record(self, results: BenchmarkResults | None) -> None:
+        """Every fold of ``results`` not recorded yet, then each architecture's aggregate."""
+        if results is None:
+            return
+        self._write([fold_row(f) for f in results.folds])
+        self._write([aggregate_row(s) for s in results.architectures.values()])
+
+    def finish(self, status: str, error=None, results: BenchmarkResults | None = None) -> None:
+        """Record what ``results`` holds that is not recorded yet, then the run's status (``done`` or ``failed``)."""
+        from smearflow.db import repository, session_scope, transient_database_errors
+        from smearflow.db.models import BenchmarkRun
+
+        self.record(results)
+        if status == "failed":
+            logger.error("benchmark run %d failed: %s", self.run_id, error)
+        if isinstance(error, BaseException) and not str(error):
+            error = type(error).__name__
+        with transient_database_errors(), session_scope(self.session_factory) as session:
+            repository.finish_benchmark_run(session, session.get(BenchmarkRun, self.run_id), status, error)
+
+    def _write(self, rows: list[BenchmarkRow]) -> None:
+        from smearflow.db import repository, session_scope, transient_database_errors
+        from smearflow.db.models import BenchmarkRun
+
+        rows = [row for row in rows if row.key not in self.recorded]
+        if not rows:
+            return
+        with transient_database_errors(), session_scope(self.session_factory) as session:
+            run = session.get(BenchmarkRun, self.run_id)
+            for row in rows:
+                repository.add_benchmark_result(
+                    session, run, row.architecture, row.fold, row.metrics,
+                    accuracy=row.accuracy, macro_f1=row.macro_f1, seconds=row.seconds,
+                )
+        self.recorded.update(row.key for row in rows)
+
+
+PROMOTION_ACTOR = "benchmark promotion"
+"""Who a model activated through :func:`promote_winner` is recorded as activated by."""
+
+
+def promote_winner(
+    session_factory,
+    results: BenchmarkResults,
+    config,
+    *,
+    data_dir: str | Path,
+    models_dir: str | Path,
+    margin: float = 0.01,
+    metric: str = "macro_f1",
+    **retraining: Any,
+):
+    """Train the benchmark's winner on ``data_dir`` and put it through the retraining gate.
+
+    The winner is the architecture with the best test accuracy
+    (:meth:`BenchmarkResults.best`), trained with its benchmark settings by
+    :func:`~smearflow.worker.nightly.run_retraining`: scored on the gate
+    split beside the model in use, activated (recorded, with the reason) only
+    when it wins by ``margin``; the packaged default is never overwritten.
+    ``retraining`` goes to ``run_retraining`` (``train``, ``evaluate``,
+    ``default_model_dir`` …).
+
+    Returns
+    -------
+    smearflow.worker.nightly.RetrainOutcome
+
+    Raises
+    ------
+    ValueError
+        When no architecture of ``results`` has a test figure.
+    smearflow.worker.nightly.RetrainingFailed
+        When the retraining run fails (recorded).
+    """
+    from smearflow.worker.nightly import RetrainSettings, run_retraining
+
+    best = results.best()
+    if best is None:
+        raise ValueError(
+            f"{results.run_folder}: no architecture has a test figure (no finished fold); nothing to promote"
         )
-    for name, summary in (results.get("architectures") or {}).items():
-        if not isinstance(summary, Mapping):
-            continue
-        figures = ((summary.get("ensemble_test") or {}).get("network")) or {}
-        rows.append({"architecture": str(name), "fold": -1, "metrics": _scalar_figures(_means(figures))})
-    return rows
-
-
-def _means(figures: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"accuracy": {"mean": m, "std": s}}`` → ``{"accuracy": m, "accuracy_std": s}``; scalars pass."""
-    flat: dict[str, Any] = {}
-    for key, value in figures.items():
-        if isinstance(value, Mapping) and "mean" in value:
-            flat[key] = value["mean"]
-            if "std" in value:
-                flat[f"{key}_std"] = value["std"]
-        else:
-            flat[key] = value
-    return flat
+    train_config = config.train_config(best.architecture, config.seeds[0]).to_dict()
+    settings = RetrainSettings(
+        data_dir=str(data_dir), models_dir=str(models_dir), train_config=train_config, margin=margin, metric=metric,
+    )
+    logger.info("promoting the benchmark winner %s through the retraining gate", best.architecture)
+    return run_retraining(session_factory, settings, actor=PROMOTION_ACTOR, **retraining)
