@@ -115,6 +115,8 @@ def test_train_command_with_an_architecture(data, tmp_path):
     assert classifier.image_size == 32 and classifier.folder.config.architecture == "cnn"
     assert classifier.predict_proba(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 3)
     assert (out / "history.csv").read_text().startswith("epoch,stage,")
+    # Not a terminal: one plain line per epoch instead of a progress bar.
+    assert "training cnn: epoch 1/1 " in result.output and " loss " in result.output, result.output
 
 
 @pytest.mark.parametrize(

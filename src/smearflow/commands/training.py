@@ -204,10 +204,25 @@ def train_default(
 
 
 def _with_epoch_progress(label: str, total: int, run):
-    """``run(on_epoch_end)`` under a progress bar that advances one step per epoch, over all stages."""
+    """``run(on_epoch_end)`` under a progress bar that advances one step per epoch, over all stages.
+
+    When stderr is not a terminal (a log file, a service), each epoch is one plain line instead, so a
+    run of an hour or more shows where it is.
+    """
     from rich.progress import Progress
 
-    with Progress(console=stderr_console()) as progress:
+    console = stderr_console()
+    if not console.is_terminal:
+        done = 0
+
+        def log_epoch(epoch, logs):
+            nonlocal done
+            done += 1
+            figures = " ".join(f"{name} {value:.4f}" for name, value in sorted(logs.items()))
+            console.print(f"{label}: epoch {done}/{total} {figures}", soft_wrap=True)
+
+        return run(log_epoch)
+    with Progress(console=console) as progress:
         task = progress.add_task(label, total=total)
 
         def on_epoch_end(epoch, logs):
