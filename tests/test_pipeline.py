@@ -388,3 +388,111 @@ def test_a_large_input_is_classified_in_smaller_forward_passes():
     assert set(hybrid.batch_sizes) == {3}
     with pytest.raises(ValueError, match="max_batch_pixels must be at least 1. Received: max_batch_pixels=0"):
         PipelineConfig(max_batch_pixels=0)
+
+
+# --- preparing a field faster, with the same results (issue 14) ---------------------------------
+# The references below are the implementations the faster code replaced, kept to prove the outputs equal.
+
+
+def _reference_crop_cells(image, cells, side_px, out_size_px):
+    """Crops as before: a square filled with the background colour, the field pasted in, resized."""
+    import cv2
+
+    from smearflow.segmentation.crops import background_colour
+
+    crops = np.empty((len(cells), out_size_px, out_size_px, 3), np.uint8)
+    fill = background_colour(image)
+    rows, cols = image.shape[:2]
+    interpolation = cv2.INTER_AREA if side_px > out_size_px else cv2.INTER_LINEAR
+    for index, cell in enumerate(cells):
+        top = int(round(cell.centroid[0] - side_px / 2.0))
+        left = int(round(cell.centroid[1] - side_px / 2.0))
+        square = np.empty((side_px, side_px, 3), np.uint8)
+        square[:] = fill
+        r0, r1, c0, c1 = max(0, top), min(rows, top + side_px), max(0, left), min(cols, left + side_px)
+        if r0 < r1 and c0 < c1:
+            square[r0 - top : r1 - top, c0 - left : c1 - left] = image[r0:r1, c0:c1]
+        crops[index] = square if side_px == out_size_px else cv2.resize(square, (out_size_px, out_size_px), interpolation=interpolation)
+    return crops
+
+
+def _reference_flat_fraction(grid):
+    """Flat pixels as before: equal to each of the eight shifted copies, in every channel."""
+    packed = (grid[..., 0].astype(np.int32) << 16) | (grid[..., 1].astype(np.int32) << 8) | grid[..., 2]
+    centre = packed[1:-1, 1:-1]
+    rows, cols = centre.shape
+    flat = np.ones(centre.shape, bool)
+    for d_row in (-1, 0, 1):
+        for d_col in (-1, 0, 1):
+            if d_row or d_col:
+                flat &= packed[1 + d_row : 1 + d_row + rows, 1 + d_col : 1 + d_col + cols] == centre
+    inner = grid[1:-1, 1:-1]
+    clipped = np.any((inner == 0) | (inner == 255), axis=2)
+    return float(np.count_nonzero(flat & ~clipped)) / max(centre.size, 1)
+
+
+def _smear_image(seed):
+    from smearflow.synthetic import make_smear
+
+    return make_smear(seed, shape=(120, 160), rbc_diameter_px=18.0).image
+
+
+@pytest.mark.parametrize("side_px, out_size_px", [(40, 16), (40, 40), (40, 64), (150, 32), (7, 5)])
+def test_crops_are_those_of_the_fill_and_paste_implementation(side_px, out_size_px):
+    from smearflow.segmentation.crops import crop_cells
+
+    image = _smear_image(1)
+    rows, cols = image.shape[:2]
+    centres = [(60, 80), (0, 0), (0, cols - 1), (rows - 1, 0), (rows - 1, cols - 1), (5, 80), (60, 3),
+               (rows + 30, cols + 30), (-200, 50), (60.4, 79.6), (61.5, 80.5)]  # inside, corners, edges, outside
+    cells = [_cell("wbc", 0, 0)] * len(centres)
+    cells = [type(cell)(**{**cell.__dict__, "centroid": (float(r), float(c))}) for cell, (r, c) in zip(cells, centres)]
+    np.testing.assert_array_equal(
+        crop_cells(image, cells, side_px, out_size_px), _reference_crop_cells(image, cells, side_px, out_size_px)
+    )
+    inside = cells[:1]  # no padding: the background colour is not needed, the crop is the same
+    np.testing.assert_array_equal(crop_cells(image, inside, 20, 16), _reference_crop_cells(image, inside, 20, 16))
+
+
+def _flat_grids():
+    rng = np.random.default_rng(3)
+    drawing = np.zeros((60, 80, 3), np.uint8)
+    drawing[:, :40] = (200, 30, 90)
+    drawing[10:30, 50:70] = (255, 255, 255)  # clipped: never counted
+    drawing[40:, 45:] = (0, 120, 255)
+    drawing[::7, ::5] = rng.integers(0, 256, size=drawing[::7, ::5].shape)
+    one_channel_flat = np.dstack([np.full((30, 30), 100, np.uint8), rng.integers(0, 256, (30, 30), np.uint8), np.full((30, 30), 7, np.uint8)])
+    return [
+        _smear_image(2), _smear_image(2)[::2, ::2], rng.integers(0, 256, (50, 70, 3), np.uint8), drawing,
+        one_channel_flat, np.full((3, 3, 3), 9, np.uint8), np.full((1, 40, 3), 9, np.uint8), np.full((2, 2, 3), 9, np.uint8),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_the_flat_fraction_is_that_of_the_shifted_comparisons(index):
+    from smearflow.quality import _flat_fraction
+
+    grid = _flat_grids()[index]
+    assert _flat_fraction(grid) == _reference_flat_fraction(grid)
+
+
+def test_a_prepared_field_is_what_the_replaced_crops_and_flat_fraction_give(monkeypatch):
+    import smearflow.quality as quality
+    import smearflow.segmentation.crops as crops
+    from smearflow.pipeline import PreparedField, prepare_field
+    from smearflow.segmentation import make_segmenter
+
+    config = PipelineConfig()
+    segmenter = make_segmenter(config.segmenter)
+    images = [_smear_image(seed) for seed in (6, 7)]
+    now = [prepare_field("f", image, segmenter, config) for image in images]
+    monkeypatch.setattr(crops, "crop_cells", _reference_crop_cells)
+    monkeypatch.setattr(quality, "_flat_fraction", _reference_flat_fraction)
+    before = [prepare_field("f", image, segmenter, config) for image in images]
+    assert all(isinstance(field, PreparedField) for field in now)
+    assert sum(field.n_crops for field in now) > 0
+    for a, b in zip(now, before):
+        assert (a.cells, a.quality, a.crops.keys()) == (b.cells, b.quality, b.crops.keys())
+        for kind in a.crops:
+            assert a.crops[kind][0] == b.crops[kind][0]
+            np.testing.assert_array_equal(a.crops[kind][1], b.crops[kind][1])

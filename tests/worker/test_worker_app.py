@@ -20,6 +20,15 @@ def test_delivery_settings_make_long_jobs_safe():
     assert fast == {"visibility_timeout": 18000.0, "unacked_restore_interval": 2, "unacked_restore_throttle": 1}
 
 
+def test_max_memory_per_child_reaches_the_worker_that_would_start():
+    assert celery_config(WorkerSettings())["worker_max_memory_per_child"] is None  # Celery's default: never
+    app = make_celery_app(WorkerSettings(broker_url="memory://", max_memory_per_child_kib=1_300_000))
+    assert app.conf.worker_max_memory_per_child == 1_300_000
+    # What `celery worker` / `smearflow worker` builds from the app (not started): its pool replaces a child above it.
+    worker = app.WorkController(app=app, pool_cls="solo", without_heartbeat=True, without_mingle=True, without_gossip=True)
+    assert worker.max_memory_per_child == 1_300_000
+
+
 def test_tasks_are_routed_to_their_queues():
     app = make_celery_app(WorkerSettings(queue_prefix="t1-", broker_url="memory://"))
     router = app.amqp.router

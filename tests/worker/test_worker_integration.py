@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -158,3 +159,18 @@ def test_restarting_the_watcher_never_enqueues_a_slide_twice(lab):
     assert lab.queue_length() == 3
     assert lab.slide("S-FINISHED")["status"] == "done"
     assert {lab.slide(c)["attempts"] for c in ("S-1", "S-2", "S-3")} == {0}
+
+
+def test_a_worker_process_above_the_memory_limit_is_replaced_after_its_slide(lab):
+    # Every process is above 1 KiB: each is replaced after its task, and the next one takes the next slide.
+    worker = lab.worker(SMEARFLOW_MAX_MEMORY_PER_CHILD_KIB="1")
+    wait_until(lambda: "ready." in worker.log(), 120, "the worker to start", interval_s=0.5)
+    for code, seed in (("S-MEM-1", 31), ("S-MEM-2", 32)):
+        folder = write_slide(lab.root / "slides" / code, seed=seed)
+        assert lab.cli("enqueue", str(folder)).returncode == 0
+        slide = lab.wait_for_status([code], statuses=("done",), timeout_s=120)[code]
+        assert slide["attempts"] == 1 and slide["n_counts"] > 0
+    # Celery names its pool processes in order: each slide ran in a new one, and the worker lives on.
+    ran_in = dict((code, process) for process, code in re.findall(r"/(ForkPoolWorker-\d+)\] slide (S-MEM-\d): attempt", worker.log()))
+    assert ran_in.keys() == {"S-MEM-1", "S-MEM-2"} and ran_in["S-MEM-1"] != ran_in["S-MEM-2"], ran_in
+    assert worker.process.poll() is None

@@ -15,6 +15,7 @@ def test_defaults_without_environment():
     assert settings.max_attempts == 3 and settings.preload_model is True
     assert settings.visibility_timeout_s > max(settings.time_limit_s, settings.training_time_limit_s)
     assert settings.retrain_cron == "30 2 * * *"
+    assert settings.max_memory_per_child_kib is None
     assert settings == WorkerSettings()
 
 
@@ -59,6 +60,7 @@ def test_every_variable_is_read():
         "SMEARFLOW_CLASSIFY_BATCH_SIZE": "16",
         "SMEARFLOW_PREFETCH_FIELDS": "0",
         "SMEARFLOW_INFERENCE_PRECISION": "bfloat16",
+        "SMEARFLOW_MAX_MEMORY_PER_CHILD_KIB": "1300000",
     }
     s = WorkerSettings.from_env(env)
     assert (s.broker_url, s.result_backend, s.database_url) == (
@@ -77,6 +79,7 @@ def test_every_variable_is_read():
     assert (s.lease_s, s.heartbeat_s, s.reconcile_interval_s, s.queued_grace_s) == (40, 10, 20, 30)
     assert (s.max_requeues, s.max_fields, s.max_field_pixels) == (7, 300, 1_000_000)
     assert (s.classify_batch_size, s.prefetch_fields, s.inference_precision) == (16, 0, "bfloat16")
+    assert s.max_memory_per_child_kib == 1_300_000
 
 
 def test_queue_names_can_be_overridden_one_by_one():
@@ -128,6 +131,7 @@ def test_from_env_names_the_bad_variable(env, message):
         ({"max_field_pixels": 0}, "max_field_pixels must be at least 1"),
         ({"classify_batch_size": 0}, "classify_batch_size must be at least 1"),
         ({"prefetch_fields": -1}, "prefetch_fields must be at least 0"),
+        ({"max_memory_per_child_kib": 0}, "max_memory_per_child_kib must be at least 1. Received: max_memory_per_child_kib=0"),
         ({"inference_precision": "float16"}, r"inference_precision must be one of \['float32', 'bfloat16'\]"),
     ],
 )

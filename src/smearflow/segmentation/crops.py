@@ -125,19 +125,26 @@ def crop_cells(
         return crops
     import cv2
 
-    fill = background_colour(image)
+    fill = None  # measured only when a crop runs past the field
     rows, cols = image.shape[:2]
     interpolation = cv2.INTER_AREA if side_px > out_size_px else cv2.INTER_LINEAR
     for index, cell in enumerate(cells):
         centre_row, centre_col = cell.centroid
         top = int(round(centre_row - side_px / 2.0))
         left = int(round(centre_col - side_px / 2.0))
-        square = np.empty((side_px, side_px, 3), dtype=np.uint8)
-        square[:] = fill
         r0, r1 = max(0, top), min(rows, top + side_px)
         c0, c1 = max(0, left), min(cols, left + side_px)
-        if r0 < r1 and c0 < c1:
-            square[r0 - top : r1 - top, c0 - left : c1 - left] = image[r0:r1, c0:c1]
+        margins = (r0 - top, top + side_px - r1, c0 - left, left + side_px - c1)
+        if fill is None and (any(margins) or r0 >= r1 or c0 >= c1):
+            fill = tuple(int(level) for level in background_colour(image))
+        if r0 >= r1 or c0 >= c1:
+            square = np.empty((side_px, side_px, 3), dtype=np.uint8)
+            square[:] = fill
+        elif any(margins):
+            # filling a whole square with a colour first cost more than resizing it
+            square = cv2.copyMakeBorder(image[r0:r1, c0:c1], *margins, cv2.BORDER_CONSTANT, value=fill)
+        else:
+            square = image[r0:r1, c0:c1]
         if side_px == out_size_px:
             crops[index] = square
         else:

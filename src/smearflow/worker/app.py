@@ -21,6 +21,13 @@ Delivery guarantees
 - Reconciliation also sends again a queued slide whose message the broker
   lost (Redis restarted empty), and a slide whose retries ran out while the
   database was down.
+
+Memory
+------
+``worker_max_memory_per_child`` (``SMEARFLOW_MAX_MEMORY_PER_CHILD_KIB``, unset
+by default): a worker process whose resident memory is above it when a task
+ends is replaced by a fresh one, which loads the model again. A process that
+analysed a very large field keeps that memory otherwise.
 """
 
 from __future__ import annotations
@@ -71,6 +78,8 @@ def celery_config(settings: WorkerSettings) -> dict:
         # but the redelivery finds the slide done and does nothing.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_proc_alive_timeout": settings.model_load_timeout_s,
+        # Checked after each task: a process that kept a very large field's memory is replaced, not reused.
+        "worker_max_memory_per_child": settings.max_memory_per_child_kib,
         "task_track_started": True,
         "task_send_sent_event": True,
         "worker_send_task_events": True,

@@ -58,6 +58,8 @@ Variables (default in brackets):
     fields read and segmented ahead in a background thread while the classifier works [2]
 ``SMEARFLOW_INFERENCE_PRECISION``
     float32 or bfloat16 (faster on hardware with bfloat16 arithmetic; check its accuracy first) [float32]
+``SMEARFLOW_MAX_MEMORY_PER_CHILD_KIB``
+    resident memory (KiB) above which a worker process is replaced after its task (Celery's worker_max_memory_per_child) [unset: never]
 ``SMEARFLOW_SOFT_TIME_LIMIT_S``
     soft time limit of one slide (then recorded failed) [1200]
 ``SMEARFLOW_TIME_LIMIT_S``
@@ -182,6 +184,7 @@ class WorkerSettings(SerialisableConfig):
     classify_batch_size: int = 64
     prefetch_fields: int = 2
     inference_precision: str = "float32"
+    max_memory_per_child_kib: int | None = None
     soft_time_limit_s: float = 1200.0
     time_limit_s: float = 1500.0
     training_time_limit_s: float = 14400.0
@@ -258,6 +261,10 @@ class WorkerSettings(SerialisableConfig):
             )
         if self.restore_interval_s is not None and not self.restore_interval_s > 0:
             raise ValueError(f"restore_interval_s must be positive. Received: restore_interval_s={self.restore_interval_s}")
+        if self.max_memory_per_child_kib is not None and self.max_memory_per_child_kib < 1:
+            raise ValueError(
+                f"max_memory_per_child_kib must be at least 1. Received: max_memory_per_child_kib={self.max_memory_per_child_kib}"
+            )
         if self.rbc_diameter_px is not None and not self.rbc_diameter_px > 0:
             raise ValueError(f"rbc_diameter_px must be positive. Received: rbc_diameter_px={self.rbc_diameter_px}")
         if self.inference_precision not in INFERENCE_PRECISIONS:
