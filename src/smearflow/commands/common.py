@@ -36,8 +36,20 @@ def plain_metavars(command) -> None:
     for param in command.params:
         if param.param_type_name == "option" and param.metavar is None and not param.is_flag:
             param.metavar = param.name.upper()
+        elif param.param_type_name == "argument":
+            param.get_usage_pieces = _plain_usage(param)
     for sub in getattr(command, "commands", {}).values():
         plain_metavars(sub)
+
+
+def _plain_usage(argument):
+    """The usage piece of ``argument`` in click's plain form (``PATHS...``, ``[NAME]``), not ``{paths}...``."""
+    piece = (argument.metavar or argument.name).upper()
+    if not argument.required:
+        piece = f"[{piece}]"
+    if argument.nargs != 1:
+        piece += "..."
+    return lambda ctx: [piece]
 
 
 def setup_logging(verbose: bool = False) -> None:
