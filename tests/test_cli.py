@@ -281,6 +281,6 @@ def test_help_shows_flags_as_flags_and_values_by_name():
     assert "--reassign  " in result.output and "--reassign <bool>" not in result.output
     assert "--model MODEL" in result.output and "--max-fields MAX_FIELDS" in result.output
     assert "<str>" not in result.output.split("Options:")[1]
-    assert "Usage: smearflow analyze [OPTIONS] PATHS..." in result.output and "{paths}" not in result.output
+    assert "analyze [OPTIONS] PATHS...\n" in result.output and "{paths}" not in result.output
     optional = ClickRunner().invoke(build_command(), ["report", "--help"], env={"COLUMNS": "200"})
-    assert "Usage: smearflow report [OPTIONS] [SLIDE_ID]" in optional.output
+    assert "report [OPTIONS] [SLIDE_ID]\n" in optional.output
