@@ -20,7 +20,11 @@ def test_delivery_settings_make_long_jobs_safe():
     assert fast == {"visibility_timeout": 18000.0, "unacked_restore_interval": 2, "unacked_restore_throttle": 1}
 
 
-def test_max_memory_per_child_reaches_the_worker_that_would_start():
+def test_max_memory_per_child_reaches_the_worker_that_would_start(monkeypatch):
+    from celery import _state as celery_state
+
+    # Building a worker marks this process as a worker (result.get() refused); undone after the test.
+    monkeypatch.setattr(celery_state, "_task_join_will_block", celery_state.task_join_will_block())
     assert celery_config(WorkerSettings())["worker_max_memory_per_child"] is None  # Celery's default: never
     app = make_celery_app(WorkerSettings(broker_url="memory://", max_memory_per_child_kib=1_300_000))
     assert app.conf.worker_max_memory_per_child == 1_300_000
