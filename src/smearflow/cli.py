@@ -19,6 +19,7 @@ from smearflow.commands.common import (
     DatabaseUrl,
     JsonFlag,
     ModelDir,
+    PrecisionOption,
     fail,
     open_database,
     plain_metavars,
@@ -368,6 +369,7 @@ def evaluate_fields_command(
     plots: Annotated[
         Optional[Path], typer.Option("--plots", help="Write confusion_matrix.png (and reliability.png) here.")
     ] = None,
+    precision: PrecisionOption = "float32",
 ):
     """Analyse labelled whole fields and report how often the class found matches the label.
 
@@ -383,11 +385,12 @@ def evaluate_fields_command(
 
     wanted, names = _labelled_fields(labels, image_column, label_column, subset)
     try:
-        analyzer = Analyzer.load(model, PipelineConfig(segmenter=segmenter))
+        analyzer = Analyzer.load(model, PipelineConfig(segmenter=segmenter, inference_precision=precision))
         report = evaluate_fields(images, wanted, analyzer, names=names)
     except (PermanentError, ValueError) as error:
         raise fail(str(error)) from None
     report["subset"] = subset
+    report["precision"] = precision
     if plots is not None:
         title = f"{analyzer.classifier.version}: {subset} fields of {images.name}"
         # the first rows are the columns' classes; labels outside them are left out of the plot

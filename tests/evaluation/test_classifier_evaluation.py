@@ -113,3 +113,11 @@ def test_evaluate_classifier_prints_confusion_and_calibration_and_writes_plots(t
     assert payload["calibration"]["n_bins"] == 15 and 0 <= payload["calibration"]["ece"] <= 1
     assert payload["confidence"]["temperature"] == 1.0 and payload["confidence"]["confidence_threshold"] == 0.5
     assert len(payload["plots"]) == 2
+
+
+def test_evaluate_classifier_command_computes_in_the_precision_asked(tiny_model_dir, mixed_data):
+    args = ["evaluate-classifier", str(mixed_data), "--model", str(tiny_model_dir), "--json"]
+    payload = json.loads(CliRunner().invoke(app, [*args, "--precision", "bfloat16"]).stdout)
+    assert payload["precision"] == "bfloat16" and payload["images"] == 5
+    wrong = CliRunner().invoke(app, [*args, "--precision", "float16"])
+    assert wrong.exit_code == 1 and "precision must be one of ['float32', 'bfloat16']" in wrong.output

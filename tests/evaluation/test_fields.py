@@ -122,4 +122,14 @@ def test_evaluate_fields_command_with_a_real_model_prints_tables_and_writes_plot
     assert (tmp_path / "plots" / "confusion_matrix.png").is_file() and (tmp_path / "plots" / "reliability.png").is_file()
     payload = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
     assert payload["classified_fields"] == 2 and payload["calibration"]["cells"] == 2
+    assert payload["precision"] == "float32"
+    in_bfloat16 = json.loads(CliRunner().invoke(app, [*args, "--json", "--precision", "bfloat16"]).stdout)
+    assert in_bfloat16["precision"] == "bfloat16" and in_bfloat16["classified_fields"] == 2
     assert "platelet" not in payload["classes"] and len(payload["confusion_matrix"]) == len(payload["label_classes"])
+
+
+def test_evaluate_fields_command_rejects_an_unknown_precision(tmp_path):
+    (tmp_path / "labels.csv").write_text("image,label\na.jpg,NEUTROPHIL\n")
+    args = ["evaluate-fields", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--precision", "float16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "inference_precision must be one of ['float32', 'bfloat16']" in result.output

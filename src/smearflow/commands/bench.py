@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from smearflow.commands.common import JsonFlag, ModelDir, fail, progress_wanted, stderr_console, stdout_console
+from smearflow.commands.common import JsonFlag, ModelDir, PrecisionOption, fail, progress_wanted, stderr_console, stdout_console
 
 REFERENCE_ARCHITECTURE = "hybrid"
 REFERENCE_SIZE_PX = 224
@@ -26,9 +26,7 @@ def bench(
         Optional[Path],
         typer.Option("--data", help="Folder of field images to measure on (default: synthetic 640 x 480 fields)."),
     ] = None,
-    precision: Annotated[
-        str, typer.Option(help="What the classifiers compute in for the pipeline: float32 or bfloat16.")
-    ] = "float32",
+    precision: PrecisionOption = "float32",
     batch_size: Annotated[int, typer.Option(help="Crops per classifier call (the pipeline's batch_size).")] = 64,
     as_json: JsonFlag = False,
     reference_architecture: Annotated[

@@ -21,6 +21,15 @@ ModelDir = Annotated[
     Optional[Path], typer.Option("--model", help="Classifier model folder (default: the packaged model).")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        envvar="SMEARFLOW_INFERENCE_PRECISION",
+        help="What the classifier computes in: float32 or bfloat16.",
+        show_envvar=True,
+    ),
+]
 
 
 def plain_metavars(command) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from smearflow.commands.common import DatabaseUrl, JsonFlag, ModelDir, stderr_console, stdout_console
+from smearflow.commands.common import DatabaseUrl, JsonFlag, ModelDir, PrecisionOption, stderr_console, stdout_console
 
 logger = logging.getLogger(__name__)
 
@@ -482,6 +482,7 @@ def evaluate_classifier(
     plots: Annotated[
         Optional[Path], typer.Option("--plots", help="Write confusion_matrix.png and reliability.png here.")
     ] = None,
+    precision: PrecisionOption = "float32",
 ):
     """Score a classifier model folder on a class-folder dataset.
 
@@ -495,11 +496,12 @@ def evaluate_classifier(
     from smearflow.evaluation.classifier import evaluate_classifier as evaluate
 
     try:
-        classifier = Classifier.load(model)
+        classifier = Classifier.load(model, precision=precision)
         only = None if split is None else _split_names(classifier.folder.path, split)
         result = evaluate(classifier, data, batch_size=batch_size, only=only)
     except (SmearflowError, ValueError) as error:
         _fail(error)
+    result["precision"] = precision
     if split is not None:
         result["split"] = split
     if plots is not None:
