@@ -130,16 +130,17 @@ class Lab:
         return service.start()
 
     def worker(
-        self, name="worker", field_delay_s: float = 0.0, queue: str | None = None, prefix: tuple[str, ...] = (), **extra_env
+        self, name="worker", field_delay_s: float = 0.0, queue: str | None = None, prefix: tuple[str, ...] = (),
+        pool: str = "prefork", concurrency: int = 1, **extra_env
     ) -> Service:
-        """A prefork worker of concurrency 1 on this lab's slides queue (or ``queue``); slower when asked.
+        """A worker (prefork, concurrency 1 unless told) on this lab's slides queue (or ``queue``); slower when asked.
 
         ``prefix`` runs it through another program, e.g. ``("ip", "netns", "exec", name)`` for another host.
         """
         slow = field_delay_s or extra_env.get("TEST_TRAIN_DELAY_S")
         program = [sys.executable, SLOW_WORKER] if slow else [sys.executable, "-m", "celery", "-A", "smearflow.worker"]
         argv = [
-            *prefix, *program, "worker", "--pool=prefork", "-c", "1", "-Q", queue or self.queue, "-n", f"{name}-{self.run_id}@%h",
+            *prefix, *program, "worker", f"--pool={pool}", "-c", str(concurrency), "-Q", queue or self.queue, "-n", f"{name}-{self.run_id}@%h",
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]
         return self._start(name, argv, {"TEST_FIELD_DELAY_S": str(field_delay_s), **extra_env})

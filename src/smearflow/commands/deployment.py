@@ -67,9 +67,19 @@ def worker(
         str, typer.Option("--queues", "-Q", help="Comma-separated queues to consume: slides, training.")
     ] = "slides",
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", help="Worker processes; one per GPU for slides.")
-    ] = 1,
-    pool: Annotated[str, typer.Option(help="prefork (one process per slide) or solo (in this process).")] = "prefork",
+        Optional[int],
+        typer.Option(
+            "--concurrency", "-c",
+            help="Slides in flight: processes (prefork; one per GPU) or threads (threads). Default SMEARFLOW_WORKER_CONCURRENCY, else 1.",
+        ),
+    ] = None,
+    pool: Annotated[
+        Optional[str],
+        typer.Option(
+            help="prefork (a process and a model per slide), threads (slides share one process, one model and its "
+            "batches) or solo (in this process). Default SMEARFLOW_WORKER_POOL, else prefork."
+        ),
+    ] = None,
     hostname: Annotated[Optional[str], typer.Option("--hostname", "-n", help="Worker name, e.g. gpu1@%h.")] = None,
     max_tasks_per_child: Annotated[
         Optional[int], typer.Option(help="Replace a worker process after this many tasks (releases memory).")
@@ -78,19 +88,26 @@ def worker(
 ):
     """Start a Celery worker (same as ``celery -A smearflow.worker worker -Q ...``).
 
-    Slide workers consume ``slides``; run one process per GPU. Retraining and
-    benchmarks go to ``training``: give that queue its own worker so that a
-    night's training never holds up slides.
+    Slide workers consume ``slides``; run one process per GPU, or one
+    ``--pool threads`` process with several slides in flight that share the
+    model's batches. Retraining and benchmarks go to ``training``: give that
+    queue its own worker so that a night's training never holds up slides.
     """
     celery_app = _celery_app()
     from smearflow.worker.app import settings_of
+    from smearflow.worker.settings import WORKER_POOLS
 
+    settings = settings_of(celery_app)
     try:
-        names = settings_of(celery_app).queue_names([q.strip() for q in queues.split(",") if q.strip()])
+        names = settings.queue_names([q.strip() for q in queues.split(",") if q.strip()])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--queues") from None
+    concurrency = concurrency if concurrency is not None else settings.worker_concurrency or 1
     if concurrency < 1:
         raise typer.BadParameter(f"must be at least 1. Received: {concurrency}", param_hint="--concurrency")
+    pool = pool or settings.worker_pool
+    if pool not in WORKER_POOLS:
+        raise typer.BadParameter(f"must be one of {list(WORKER_POOLS)}. Received: {pool!r}", param_hint="--pool")
     argv = ["worker", f"--queues={','.join(names)}", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
     if hostname:
         argv.append(f"--hostname={hostname}")

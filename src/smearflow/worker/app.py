@@ -22,6 +22,16 @@ Delivery guarantees
   lost (Redis restarted empty), and a slide whose retries ran out while the
   database was down.
 
+Pools
+-----
+``worker_pool`` and ``worker_concurrency`` (``SMEARFLOW_WORKER_POOL``,
+``SMEARFLOW_WORKER_CONCURRENCY``): with ``prefork`` each slide in flight has a
+process and a model of its own; with ``threads`` the slides in flight are
+threads of one process that share one model and its batches
+(:class:`smearflow.classifier.shared_batches.SharedBatcher`). Celery enforces
+no time limit in a threads pool: a slide that hangs keeps its thread, and
+renews its lease, until the worker is restarted.
+
 Memory
 ------
 ``worker_max_memory_per_child`` (``SMEARFLOW_MAX_MEMORY_PER_CHILD_KIB``, unset
@@ -78,6 +88,8 @@ def celery_config(settings: WorkerSettings) -> dict:
         # but the redelivery finds the slide done and does nothing.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_proc_alive_timeout": settings.model_load_timeout_s,
+        "worker_pool": settings.worker_pool,
+        "worker_concurrency": settings.worker_concurrency,
         # Checked after each task: a process that kept a very large field's memory is replaced, not reused.
         "worker_max_memory_per_child": settings.max_memory_per_child_kib,
         "task_track_started": True,

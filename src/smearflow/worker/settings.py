@@ -54,6 +54,12 @@ Variables (default in brackets):
     pixels one field may have, checked from its header before decoding [40000000]
 ``SMEARFLOW_CLASSIFY_BATCH_SIZE``
     crops per classifier call, gathered across the fields of a slide [64]
+``SMEARFLOW_WORKER_POOL``
+    Celery pool of ``smearflow worker`` and ``celery -A smearflow.worker worker``: prefork (a process, and a model, per slide in flight), threads (the slides in flight share one process, one model and its batches) or solo [prefork]
+``SMEARFLOW_WORKER_CONCURRENCY``
+    slides in flight per worker: processes (prefork) or threads [unset: 1 for ``smearflow worker``, Celery's default for ``celery worker``]
+``SMEARFLOW_BATCH_WAIT_MS``
+    in a threads pool, how long crops wait for other slides' crops before a partial batch is classified [20]
 ``SMEARFLOW_PREFETCH_FIELDS``
     fields read and segmented ahead in a background thread while the classifier works [2]
 ``SMEARFLOW_INFERENCE_PRECISION``
@@ -111,6 +117,9 @@ from typing import Any
 from smearflow.serialisable import SerialisableConfig
 from smearflow.config import INFERENCE_PRECISIONS
 from smearflow.segmentation.registry import check_segmenter_name
+
+WORKER_POOLS = ("prefork", "threads", "solo")
+"""Celery pools a worker may run; ``threads`` shares one model's batches between slides."""
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 """The broker used when ``SMEARFLOW_BROKER_URL`` is not set."""
@@ -182,6 +191,9 @@ class WorkerSettings(SerialisableConfig):
     max_fields: int = 2000
     max_field_pixels: int = 40_000_000
     classify_batch_size: int = 64
+    worker_pool: str = "prefork"
+    worker_concurrency: int | None = None
+    batch_wait_ms: float = 20.0
     prefetch_fields: int = 2
     inference_precision: str = "float32"
     max_memory_per_child_kib: int | None = None
@@ -259,6 +271,12 @@ class WorkerSettings(SerialisableConfig):
                 f"Received: visibility_timeout_s={self.visibility_timeout_s}, time_limit_s={self.time_limit_s}, "
                 f"training_time_limit_s={self.training_time_limit_s}, retry_backoff_max_s={self.retry_backoff_max_s}"
             )
+        if self.worker_pool not in WORKER_POOLS:
+            raise ValueError(f"worker_pool must be one of {list(WORKER_POOLS)}. Received: worker_pool={self.worker_pool!r}")
+        if self.worker_concurrency is not None and self.worker_concurrency < 1:
+            raise ValueError(f"worker_concurrency must be at least 1. Received: worker_concurrency={self.worker_concurrency}")
+        if not (math.isfinite(self.batch_wait_ms) and self.batch_wait_ms >= 0):
+            raise ValueError(f"batch_wait_ms must be a finite number of at least 0. Received: batch_wait_ms={self.batch_wait_ms}")
         if self.restore_interval_s is not None and not self.restore_interval_s > 0:
             raise ValueError(f"restore_interval_s must be positive. Received: restore_interval_s={self.restore_interval_s}")
         if self.max_memory_per_child_kib is not None and self.max_memory_per_child_kib < 1:

@@ -15,18 +15,24 @@
 Each worker process holds one :class:`WorkerRuntime`: its database engine and
 its loaded model. Importing this module loads neither; after the fork
 (``worker_process_init``) the engine inherited from the parent, if any, is
-disposed and the model is loaded in the child (or at its first slide).
+disposed and the model is loaded in the child (or at its first slide). In a
+threads pool (``SMEARFLOW_WORKER_POOL=threads``) the slides in flight are
+threads of one process: the runtime is told so when the worker starts
+(``worker_init``), and their crops share the model's calls through a
+:class:`~smearflow.classifier.shared_batches.SharedBatcher`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import weakref
 from typing import Any, Callable
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from smearflow.errors import TransientError
 from smearflow.worker.settings import (
@@ -49,25 +55,42 @@ class WorkerRuntime:
     load_analyzer : callable, optional
         ``model_dir or None -> Analyzer``; builds the segmenter and loads the
         classifier (:meth:`smearflow.jobs.Analyzer.load`) by default.
+    share_batches : bool
+        Several slides run at once in this process (a threads pool): each
+        loaded analyzer's classifier is wrapped in a
+        :class:`~smearflow.classifier.shared_batches.SharedBatcher`.
+
+    Notes
+    -----
+    Safe to use from several threads: the engine is made and the model
+    loaded under locks. A slide keeps the analyzer it started with, so a
+    newly activated model serves the slides that start afterwards and no
+    slide changes model half-way; the previous model (and its batcher) is
+    released once the last slide holding it ends.
     """
 
-    def __init__(self, settings: WorkerSettings, load_analyzer: Callable[[Any], Any] | None = None):
+    def __init__(
+        self, settings: WorkerSettings, load_analyzer: Callable[[Any], Any] | None = None, share_batches: bool = False
+    ):
         self.settings = settings
+        self.share_batches = share_batches
         self._load_analyzer = load_analyzer or self._load_default_analyzer
         self._engine = None
         self._factory = None
         self._analyzer = None
         self._analyzer_key: str | None = None
         self._lock = threading.Lock()
+        self._engine_lock = threading.Lock()
 
     def session_factory(self):
         """The process's session factory (the engine is made on first use)."""
-        if self._factory is None:
-            from smearflow.db import make_engine, session_factory
+        with self._engine_lock:
+            if self._factory is None:
+                from smearflow.db import make_engine, session_factory
 
-            self._engine = make_engine(self.settings.database_url)
-            self._factory = session_factory(self._engine)
-        return self._factory
+                self._engine = make_engine(self.settings.database_url)
+                self._factory = session_factory(self._engine)
+            return self._factory
 
     def after_fork(self) -> None:
         """Drop what a forked child must not share with its parent (SQLAlchemy's pooling FAQ)."""
@@ -91,9 +114,21 @@ class WorkerRuntime:
             if self._analyzer is None or key != self._analyzer_key:
                 logger.info("loading the classifier %s", key)
                 self._analyzer = None
-                self._analyzer = self._load_analyzer(model_dir)
+                analyzer = self._load_analyzer(model_dir)
+                self._analyzer = self._with_shared_batches(analyzer) if self.share_batches else analyzer
                 self._analyzer_key = key
             return self._analyzer
+
+    def _with_shared_batches(self, analyzer):
+        """``analyzer`` with its classifier behind a batcher that is closed when no slide holds the analyzer."""
+        from smearflow.classifier.shared_batches import SharedBatcher
+
+        batcher = SharedBatcher(
+            analyzer.classifier, batch_size=self.settings.classify_batch_size, max_wait_ms=self.settings.batch_wait_ms
+        )
+        shared = dataclasses.replace(analyzer, classifier=batcher)
+        weakref.finalize(shared, batcher.close)
+        return shared
 
     def _load_default_analyzer(self, model_dir):
         from smearflow.config import PipelineConfig
@@ -166,6 +201,25 @@ def _after_fork(**kwargs) -> None:
     runtime = get_runtime(current_app)
     runtime.after_fork()
     if runtime.settings.preload_model and _consumes_slides(current_app, runtime.settings):
+        runtime.preload()
+
+
+def _is_threads_pool(pool_cls) -> bool:
+    from celery.concurrency import get_implementation
+    from celery.concurrency.thread import TaskPool
+
+    pool = get_implementation(pool_cls)
+    return isinstance(pool, type) and issubclass(pool, TaskPool)
+
+
+@worker_init.connect
+def _share_batches_in_a_threads_pool(sender=None, **kwargs) -> None:
+    """A threads-pool worker runs its slides in this one process: they share one model and its batches."""
+    if sender is None or not _is_threads_pool(sender.pool_cls):
+        return
+    runtime = get_runtime(sender.app)
+    runtime.share_batches = True
+    if runtime.settings.preload_model and _consumes_slides(sender.app, runtime.settings):
         runtime.preload()
 
 
