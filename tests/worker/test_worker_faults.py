@@ -9,7 +9,6 @@ and retries use short test settings (seconds, not minutes).
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -72,24 +71,6 @@ def _assert_done_once_with_unchanged_counts(lab, expected, timeout_s):
 
 
 @pytest.fixture
-def fresh_schema(postgres_server_url):
-    """A new, migrated schema on the shared PostgreSQL server."""
-    schema = f"smearflow_fault_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_server_url)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = sa.engine.make_url(postgres_server_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    url = url.render_as_string(hide_password=False)
-    try:
-        upgrade_database(url)
-        yield url
-    finally:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture
 def own_redis():
     server = RedisServer()
     if not server.available():
@@ -124,8 +105,8 @@ def _lab(tmp_path, broker_url, database_url, tiny_model_dir):
     return Lab(tmp_path / "lab", broker_url, database_url, tiny_model_dir, **FAST)
 
 
-def test_killing_a_workers_main_process_mid_slide_strands_nothing(tmp_path, redis_url, fresh_schema, tiny_model_dir, reference_analyzer):
-    lab = _lab(tmp_path, redis_url, fresh_schema, tiny_model_dir)
+def test_killing_a_workers_main_process_mid_slide_strands_nothing(tmp_path, redis_url, pg_url, tiny_model_dir, reference_analyzer):
+    lab = _lab(tmp_path, redis_url, pg_url, tiny_model_dir)
     try:
         expected = _slides(lab, reference_analyzer, 1, n_fields=4)
         worker = lab.worker("worker-1", field_delay_s=1.5)
@@ -140,8 +121,8 @@ def test_killing_a_workers_main_process_mid_slide_strands_nothing(tmp_path, redi
         lab.close()
 
 
-def test_redis_restarted_empty_with_slides_queued_loses_none(tmp_path, own_redis, fresh_schema, tiny_model_dir, reference_analyzer):
-    lab = _lab(tmp_path, own_redis.url, fresh_schema, tiny_model_dir)
+def test_redis_restarted_empty_with_slides_queued_loses_none(tmp_path, own_redis, pg_url, tiny_model_dir, reference_analyzer):
+    lab = _lab(tmp_path, own_redis.url, pg_url, tiny_model_dir)
     try:
         expected = _slides(lab, reference_analyzer, 8)
         worker = lab.worker(field_delay_s=1.0)
@@ -176,10 +157,10 @@ def test_postgresql_down_beyond_the_retry_window_strands_nothing(tmp_path, redis
         lab.close()
 
 
-def test_two_workers_storing_their_first_slides_on_a_fresh_database(tmp_path, redis_url, fresh_schema, tiny_model_dir, reference_analyzer):
+def test_two_workers_storing_their_first_slides_on_a_fresh_database(tmp_path, redis_url, pg_url, tiny_model_dir, reference_analyzer):
     from smearflow.db.models import ModelVersion
 
-    lab = _lab(tmp_path, redis_url, fresh_schema, tiny_model_dir)
+    lab = _lab(tmp_path, redis_url, pg_url, tiny_model_dir)
     try:
         expected = _slides(lab, reference_analyzer, 4)
         first, second = lab.worker("worker-a"), lab.worker("worker-b")
