@@ -61,7 +61,7 @@ missing_pins() {
     # names the distributions that are absent or too old: only those are installed.
     local requirements_file=$1
     shift
-    PIP_BREAK_SYSTEM_PACKAGES=1 "$py" -m pip install --dry-run --quiet --report - "$@" -r "$requirements_file" \
+    "$py" -m pip install --dry-run --quiet --report - "$@" -r "$requirements_file" \
         | "$py" -c 'import json, sys
 for item in json.load(sys.stdin)["install"]:
     print(item["metadata"]["name"] + "==" + item["metadata"]["version"])'

@@ -99,7 +99,8 @@ def test_the_script_hands_smearflow_benchmark_options_it_has(tmp_path):
 
 def test_the_script_gives_up_when_installing_left_no_time(tmp_path):
     python = fake_python(tmp_path)
-    done = run_script("--no-install", "--time-limit", "30", tmp_path, env={"PYTHON": str(python), "RECORD": str(tmp_path)})
+    env = {"PYTHON": str(python), "RECORD": str(tmp_path)}
+    done = run_script("--no-install", "--time-limit", "30", tmp_path, env=env)
     assert done.returncode == 2 and "no time to benchmark" in done.stderr, done.stderr
     assert not (tmp_path / "argv").exists()
 
