@@ -128,7 +128,7 @@ def test_the_gpu_script_runs_with_jax_and_without_tensorflow(tmp_path):
     env = {"PYTHON": sys.executable, "SMEARFLOW_ALLOW_CPU": "1", "PYTHONPATH": str(tmp_path / "hook")}
     done = run_script(
         "--no-install", "--out", tmp_path / "run", data, "--archs", "cnn,supcon", "--image-size", "32",
-        "--epochs", "1", "--test-fraction", "0.25", "--arch-params", json.dumps(arch_params), env=env, timeout=900,
+        "--epochs", "1", "--folds", "2", "--test-fraction", "0.25", "--arch-params", json.dumps(arch_params), env=env, timeout=900,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
