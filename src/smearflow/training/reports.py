@@ -283,7 +283,7 @@ def _comparison_lines(results: BenchmarkResults) -> list[str]:
     lines += [
         "",
         f"Reference: InceptionV3 + Xception hybrid, {100 * REFERENCE_TEST_ACCURACY:.2f}% test accuracy "
-        "(8-class PBC, 5-fold CV, SMOTE).",
+        "(8-class PBC; ImageNet weights, 224 px, 5-fold CV and a 70/30 split, SMOTE).",
     ]
     if best is not None:
         verdict = "beats" if best[0] > REFERENCE_TEST_ACCURACY else "does not beat"
