@@ -167,6 +167,7 @@ class Lab:
                 "folder": slide.folder, "n_counts": n_counts, "n_fields": n_fields,
                 "model": slide.model_version.name if slide.model_version else None,
                 "patient": slide.patient.patient_code if slide.patient else None,
+                "started_at": slide.started_at, "finished_at": slide.finished_at,
             }
 
     def counts(self, code) -> dict:
