@@ -67,3 +67,17 @@ def write_class_folders(root, classes=("a", "b", "c"), per_class=6, size=40, see
             image = np.clip(np.array(palette[k % len(palette)]) + noise, 0, 255).astype(np.uint8)
             write_rgb(root / name / f"{name}_{i}.png", image)
     return root
+
+
+def assert_same_classifications(cells, reference_cells, atol=1e-5):
+    """Assert two analyses of one field gave each cell the same class and probabilities.
+
+    ``reference_cells`` is the cell-by-cell analysis; a cell it left unclassified
+    (a platelet, an edge cell) must be unclassified in ``cells`` too.
+    """
+    for cell, reference in zip(cells, reference_cells, strict=True):
+        if reference.classification is None:
+            assert cell.classification is None
+            continue
+        assert cell.classification.label == reference.classification.label
+        np.testing.assert_allclose(cell.classification.probabilities, reference.classification.probabilities, atol=atol)

@@ -7,7 +7,7 @@ from smearflow.config import PipelineConfig
 from smearflow.errors import BadImageError
 from smearflow.pipeline import analyze_slide, cells_to_classify
 from smearflow.types import SlideInfo
-from smearflow_testkit import ColumnClassifier, PlantedSegmenter, planted_cell as _cell
+from smearflow_testkit import ColumnClassifier, PlantedSegmenter, assert_same_classifications, planted_cell as _cell
 
 
 CONFIG = PipelineConfig(check_quality=False)  # uniform stand-in fields: the counting rules only
@@ -293,14 +293,7 @@ def test_batched_classes_match_cell_by_cell_with_a_real_model(tiny_model_dir):
     for path, field in zip(info.field_paths, result.fields):
         alone = analyze_field(field.name, read(path), PlantedSegmenter(PLANTED), classifier, one_by_one)
         assert field.wbc_counts == alone.wbc_counts
-        for batched_cell, alone_cell in zip(field.cells, alone.cells):
-            if alone_cell.classification is None:
-                assert batched_cell.classification is None
-                continue
-            assert batched_cell.classification.label == alone_cell.classification.label
-            np.testing.assert_allclose(
-                batched_cell.classification.probabilities, alone_cell.classification.probabilities, atol=1e-5
-            )
+        assert_same_classifications(field.cells, alone.cells)
 
 
 def test_a_classifier_that_answers_for_too_few_crops_fails_those_fields():

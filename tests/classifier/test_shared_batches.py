@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from fault_servers import wait_until
-from smearflow_testkit import PlantedSegmenter, planted_cell
+from smearflow_testkit import PlantedSegmenter, assert_same_classifications, planted_cell
 
 from smearflow.classifier.shared_batches import BatcherClosedError, SharedBatcher
 from smearflow.config import PipelineConfig
@@ -199,11 +199,4 @@ def test_slides_at_once_match_cell_by_cell_with_a_real_model(tiny_model_dir):
         for path, field in zip(info.field_paths, result.fields):
             alone = analyze_field(field.name, read(path), PlantedSegmenter(TWO_WBC_ONE_PLATELET), classifier, one_by_one)
             assert field.wbc_counts == alone.wbc_counts
-            for shared_cell, alone_cell in zip(field.cells, alone.cells):
-                if alone_cell.classification is None:
-                    assert shared_cell.classification is None
-                    continue
-                assert shared_cell.classification.label == alone_cell.classification.label
-                np.testing.assert_allclose(
-                    shared_cell.classification.probabilities, alone_cell.classification.probabilities, atol=1e-5
-                )
+            assert_same_classifications(field.cells, alone.cells)

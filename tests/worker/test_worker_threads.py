@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fault_servers import wait_until
 from lab import Lab
 from smearflow_testkit import PlantedSegmenter, planted_cell
 from worker_testdata import slide_info, write_slide
