@@ -279,15 +279,16 @@ def test_crops_of_many_fields_share_classifier_calls_and_get_the_classes_they_ge
         assert field == alone
 
 
-def test_batched_classes_match_cell_by_cell_with_a_real_model(tiny_model_dir):
+@pytest.mark.parametrize("prepare_threads", [1, 2])
+def test_batched_classes_match_cell_by_cell_with_a_real_model(tiny_model_dir, prepare_threads):
     from smearflow.classifier.classifier import Classifier
     from smearflow.pipeline import analyze_field
 
     classifier = Classifier.load(tiny_model_dir)
     info = _info(n_fields=5)
-    result = analyze_slide(
-        info, PlantedSegmenter(PLANTED), classifier, PipelineConfig(check_quality=False, batch_size=4), read_image=_noise_reader()
-    )
+    config = PipelineConfig(check_quality=False, batch_size=4, prepare_threads=prepare_threads)
+    result = analyze_slide(info, PlantedSegmenter(PLANTED), classifier, config, read_image=_noise_reader())
+    assert [field.name for field in result.fields] == [path.rsplit("/", 1)[1] for path in info.field_paths]
     read = _noise_reader()
     one_by_one = PipelineConfig(check_quality=False, batch_size=1)
     for path, field in zip(info.field_paths, result.fields):
@@ -314,8 +315,8 @@ def test_a_field_without_crops_does_not_wait_for_a_batch():
     assert [f.status for f in seen] == ["done"] * 3
 
 
-@pytest.mark.parametrize("prefetch_fields", [0, 2])
-def test_a_long_slide_never_holds_all_its_images_or_crops(monkeypatch, prefetch_fields):
+@pytest.mark.parametrize(("prefetch_fields", "prepare_threads"), [(0, 1), (2, 1), (2, 2)])
+def test_a_long_slide_never_holds_all_its_images_or_crops(monkeypatch, prefetch_fields, prepare_threads):
     """200 fields: the images and crop arrays alive at once stay a handful (weak references count them)."""
     import threading
     import weakref
@@ -340,13 +341,15 @@ def test_a_long_slide_never_holds_all_its_images_or_crops(monkeypatch, prefetch_
     read = _reader()
     crop_cells = crops_module.crop_cells
     monkeypatch.setattr(crops_module, "crop_cells", lambda *a, **k: track("crops", crop_cells(*a, **k)))
-    config = PipelineConfig(check_quality=False, batch_size=8, prefetch_fields=prefetch_fields)
+    config = PipelineConfig(
+        check_quality=False, batch_size=8, prefetch_fields=prefetch_fields, prepare_threads=prepare_threads
+    )
     result = analyze_slide(
         _info(200), PlantedSegmenter(PLANTED), ContentClassifier(), config, read_image=lambda p: track("image", read(p))
     )
     assert result.status == "done" and result.wbc_total == 400
-    # at most: one field being read, the prepared fields queued, one being classified
-    assert peak["image"] <= prefetch_fields + 2
+    # at most: one field being read per thread, the prepared fields queued, one being classified
+    assert peak["image"] <= prefetch_fields + prepare_threads + 1
     # two crop arrays per field (white cells, platelets); a batch of 8 waits on at most 8 fields
     assert peak["crops"] <= 2 * (8 + prefetch_fields + 2)
     assert live == {"image": 0, "crops": 0}
@@ -355,6 +358,8 @@ def test_a_long_slide_never_holds_all_its_images_or_crops(monkeypatch, prefetch_
 def test_pipeline_settings_are_checked():
     with pytest.raises(ValueError, match="prefetch_fields must be a whole number of at least 0. Received: prefetch_fields=-1"):
         PipelineConfig(prefetch_fields=-1)
+    with pytest.raises(ValueError, match="prepare_threads must be a whole number of at least 1. Received: prepare_threads=0"):
+        PipelineConfig(prepare_threads=0)
     with pytest.raises(ValueError, match="inference_precision must be one of"):
         PipelineConfig(inference_precision="float16")
     assert PipelineConfig.from_dict(PipelineConfig(batch_size=16, inference_precision="bfloat16").to_dict()).batch_size == 16

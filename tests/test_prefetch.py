@@ -16,7 +16,36 @@ def test_results_come_in_order_computed_in_one_background_thread():
 
     with Prefetcher(range(20), work, depth=2) as results:
         assert list(results) == [i * 10 for i in range(20)]
-    assert threads == {"smearflow-prefetch"}
+    assert len(threads) == 1 and threads.pop().startswith("smearflow-prefetch")
+
+
+def test_several_threads_work_at_once_and_results_keep_their_order():
+    both_working = threading.Barrier(2, timeout=30)
+    threads = set()
+
+    def work(item):
+        threads.add(threading.current_thread().name)
+        if item < 2:
+            both_working.wait()  # broken (an error) unless two items are worked on at the same time
+        if item % 3 == 0:
+            threading.Event().wait(0.005)  # later items finish first
+        return item
+
+    with Prefetcher(range(30), work, depth=3, threads=2) as results:
+        assert list(results) == list(range(30))
+    assert len(threads) == 2
+
+
+def test_one_thread_works_on_one_item_at_a_time():
+    both_working = threading.Barrier(2, timeout=0.5)
+
+    def work(item):
+        both_working.wait()
+        return item
+
+    with pytest.raises(threading.BrokenBarrierError):
+        with Prefetcher(range(2), work, depth=3, threads=1) as results:
+            list(results)
 
 
 def test_depth_zero_works_in_the_callers_thread_when_asked():
@@ -80,6 +109,7 @@ def test_leaving_early_stops_the_thread():
             if value == 2:
                 break
     assert not prefetcher._thread.is_alive()
+    assert not any(thread.is_alive() for thread in prefetcher._executor._threads)
 
 
 def test_the_caller_raising_stops_the_thread():
@@ -91,10 +121,13 @@ def test_the_caller_raising_stops_the_thread():
             for _ in prefetcher:
                 raise TimeLimit()
     assert not prefetcher._thread.is_alive()
+    assert not any(thread.is_alive() for thread in prefetcher._executor._threads)
 
 
 def test_bad_depth_and_iterating_outside_the_with_block_are_refused():
     with pytest.raises(ValueError, match="depth must be a whole number of at least 0. Received: depth=-1"):
         Prefetcher([], lambda item: item, depth=-1)
+    with pytest.raises(ValueError, match="threads must be a whole number of at least 1. Received: threads=0"):
+        Prefetcher([], lambda item: item, depth=1, threads=0)
     with pytest.raises(RuntimeError, match="inside its with block"):
         list(Prefetcher([1], lambda item: item, depth=1))

@@ -22,7 +22,7 @@ def test_bench_json_has_every_figure_for_both_models(tiny_model_dir):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["fields"] == 2 and report["batch_size"] == 64 and report["data"].startswith("synthetic")
-    assert report["isolated"] is True
+    assert report["isolated"] is True and report["prepare_threads"] == 1
     assert [m["forward_batch_size"] for m in report["models"]] == [64, 64]  # 32 px inputs
     assert [m["name"] for m in report["models"]] == [str(tiny_model_dir), "cnn 32 px, random weights"]
     for model in report["models"]:

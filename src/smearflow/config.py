@@ -201,6 +201,12 @@ class PipelineConfig(SerialisableConfig):
         Fields read, checked and segmented ahead in a background thread while
         the classifier works (0: none, everything in the caller's thread).
         Memory holds about this many prepared fields, never the whole slide.
+    prepare_threads : int
+        Threads that read, check and segment fields at once (with
+        ``prefetch_fields`` above 0). Segmentation and decoding release the
+        GIL for most of their time, so a second thread prepares fields
+        faster when a core is free; each thread must be able to call the
+        segmenter at the same time as the others.
     inference_precision : {"float32", "bfloat16"}
         Numbers the classifier computes with: ``bfloat16`` runs the network
         under Keras' ``mixed_bfloat16`` policy (weights stay float32); faster
@@ -230,6 +236,7 @@ class PipelineConfig(SerialisableConfig):
     batch_size: int = 64
     max_batch_pixels: int = 3 * 224 * 224
     prefetch_fields: int = 2
+    prepare_threads: int = 1
     inference_precision: str = "float32"
     wbc_never_platelet: bool = True
     crop: CropConfig = CropConfig()
@@ -250,6 +257,10 @@ class PipelineConfig(SerialisableConfig):
         if isinstance(self.prefetch_fields, bool) or not isinstance(self.prefetch_fields, int) or self.prefetch_fields < 0:
             raise ValueError(
                 f"prefetch_fields must be a whole number of at least 0. Received: prefetch_fields={self.prefetch_fields!r}"
+            )
+        if isinstance(self.prepare_threads, bool) or not isinstance(self.prepare_threads, int) or self.prepare_threads < 1:
+            raise ValueError(
+                f"prepare_threads must be a whole number of at least 1. Received: prepare_threads={self.prepare_threads!r}"
             )
         if self.inference_precision not in INFERENCE_PRECISIONS:
             raise ValueError(

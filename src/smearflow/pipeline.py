@@ -380,8 +380,8 @@ def analyze_slide(
 ) -> SlideResult:
     """Analyse every field of a slide and total the differential.
 
-    Fields are read, checked and segmented in a background thread, at most
-    ``config.prefetch_fields`` ahead, while the classifier works on crops
+    Fields are read, checked and segmented in background threads
+    (``config.prepare_threads``), at most ``config.prefetch_fields`` ahead, while the classifier works on crops
     gathered from many fields (``config.batch_size`` per call): the model is
     kept busy and neither the slide's images nor its crops are ever all in
     memory. The classes are the same as classifying each field alone.
@@ -398,11 +398,11 @@ def analyze_slide(
         From :func:`smearflow.slides.read_slide_folder`.
     segmenter, classifier
         See :func:`analyze_field`. The segmenter runs in the background
-        thread, the classifier in the caller's.
+        threads, the classifier in the caller's.
     config : PipelineConfig
     read_image : callable, optional
         ``path -> RGB uint8 image``; defaults to :func:`smearflow.imageio.read_rgb`
-        with the limits of ``config``. Called in the background thread.
+        with the limits of ``config``. Called in the background threads.
     on_field : callable, optional
         Called in the caller's thread with each :class:`FieldResult` as it
         completes (progress bars); fields may complete out of order.
@@ -427,7 +427,10 @@ def analyze_slide(
         return index, prepare_path(path, segmenter, config, read_image, propagate)
 
     batches = CropBatches(classifier, config, done, propagate)
-    with Prefetcher(enumerate(info.field_paths), prepare, depth=config.prefetch_fields) as prepared:
+    fields_ahead = Prefetcher(
+        enumerate(info.field_paths), prepare, depth=config.prefetch_fields, threads=config.prepare_threads
+    )
+    with fields_ahead as prepared:
         for index, field in prepared:
             if isinstance(field, FieldResult):
                 done(index, field)

@@ -1,9 +1,9 @@
-"""Work on the next items in one background thread while the caller consumes the current one.
+"""Work on the next items in background threads while the caller consumes the current one.
 
 The pipeline reads, checks and segments the next fields of a slide while the
-classifier works on a batch of crops. At most ``depth`` finished items wait
-for the caller (plus the one the thread is working on), so memory stays flat
-however many items there are.
+classifier works on a batch of crops. At most ``depth`` items wait for the
+caller, finished or in progress (plus one the producer holds), so memory stays
+flat however many items there are.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -18,6 +19,8 @@ R = TypeVar("R")
 
 _PUT_POLL_S = 0.1
 """How often a producer blocked on a full queue looks whether the consumer has gone."""
+
+THREAD_NAME = "smearflow-prefetch"
 
 
 class _Failure:
@@ -29,43 +32,53 @@ _END = object()
 
 
 class Prefetcher(Generic[T, R]):
-    """``work(item)`` for each item, in order, computed ahead in one background thread.
+    """``work(item)`` for each item, in order, computed ahead in background threads.
 
     Use as a context manager and iterate it. An exception raised by ``work``
     (or by iterating ``items``) is raised to the caller where its result
-    would have come, and the thread stops. Leaving the ``with`` block early
-    (the caller raised, or stopped iterating) stops the thread and waits for
-    it to finish the item it is working on: no work goes on behind the caller.
+    would have come. Leaving the ``with`` block early (the caller raised, or
+    stopped iterating) drops the items not yet started and waits for those
+    in progress: no work goes on behind the caller.
 
     Parameters
     ----------
     items : iterable
-        Read in the background thread.
+        Read in a background thread, in order.
     work : callable
-        ``item -> result``; called in the background thread.
+        ``item -> result``; called in the worker threads, so with
+        ``threads > 1`` it must be safe to call concurrently.
     depth : int
-        Most results waiting for the caller. ``0`` does the work in the
+        Most items handed to the workers and not yet taken by the caller
+        (one more waits in the producer). ``0`` does the work in the
         caller's thread, one item at a time, when the caller asks for it.
+    threads : int
+        Worker threads; up to ``min(threads, depth + 1)`` items are worked
+        on at once. Results still come in the order of ``items``.
 
     Raises
     ------
     ValueError
-        When ``depth`` is negative.
+        When ``depth`` is negative or ``threads`` below 1.
     """
 
-    def __init__(self, items: Iterable[T], work: Callable[[T], R], depth: int):
+    def __init__(self, items: Iterable[T], work: Callable[[T], R], depth: int, threads: int = 1):
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise ValueError(f"depth must be a whole number of at least 0. Received: depth={depth!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a whole number of at least 1. Received: threads={threads!r}")
         self._items = items
         self._work = work
         self.depth = depth
+        self.threads = threads
         self._stop = threading.Event()
         self._results: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._thread: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
-    def __enter__(self) -> "Prefetcher[T, R]":
+    def __enter__(self) -> Prefetcher[T, R]:
         if self.depth > 0:
-            self._thread = threading.Thread(target=self._produce, name="smearflow-prefetch", daemon=True)
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=THREAD_NAME)
+            self._thread = threading.Thread(target=self._produce, name=f"{THREAD_NAME}-producer", daemon=True)
             self._thread.start()
         return self
 
@@ -73,6 +86,8 @@ class Prefetcher(Generic[T, R]):
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __iter__(self) -> Iterator[R]:
         if self.depth == 0:
@@ -87,18 +102,23 @@ class Prefetcher(Generic[T, R]):
                 return
             if isinstance(value, _Failure):
                 raise value.error
-            yield value
-            del value  # the consumer's reference is the only one kept
+            result = value.result()
+            del value
+            yield result
+            del result  # the consumer's reference is the only one kept
 
     def _produce(self) -> None:
         try:
             for item in self._items:
-                if self._stop.is_set() or not self._put(self._work(item)):
+                if self._stop.is_set() or not self._put(self._submit(item)):
                     return
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(_Failure(error))
             return
         self._put(_END)
+
+    def _submit(self, item: T) -> Future:
+        return self._executor.submit(self._work, item)
 
     def _put(self, value) -> bool:
         while not self._stop.is_set():

@@ -450,7 +450,7 @@ def measure_throughput(
     -------
     dict
         ``machine``, ``fields``, ``batch_size``, ``prefetch_fields``,
-        ``slide_wbc``, ``isolated`` and ``models``: one dict per model with every figure.
+        ``prepare_threads``, ``slide_wbc``, ``isolated`` and ``models``: one dict per model with every figure.
 
     Raises
     ------
@@ -480,6 +480,7 @@ def measure_throughput(
         "fields": len(images),
         "batch_size": config.batch_size,
         "prefetch_fields": config.prefetch_fields,
+        "prepare_threads": config.prepare_threads,
         "slide_wbc": SLIDE_WBC,
         "isolated": isolate,
         "models": figures,

@@ -59,6 +59,7 @@ def test_every_variable_is_read():
         "SMEARFLOW_MAX_FIELD_PIXELS": "1000000",
         "SMEARFLOW_CLASSIFY_BATCH_SIZE": "16",
         "SMEARFLOW_PREFETCH_FIELDS": "0",
+        "SMEARFLOW_PREPARE_THREADS": "2",
         "SMEARFLOW_INFERENCE_PRECISION": "bfloat16",
         "SMEARFLOW_MAX_MEMORY_PER_CHILD_KIB": "1300000",
     }
@@ -79,6 +80,7 @@ def test_every_variable_is_read():
     assert (s.lease_s, s.heartbeat_s, s.reconcile_interval_s, s.queued_grace_s) == (40, 10, 20, 30)
     assert (s.max_requeues, s.max_fields, s.max_field_pixels) == (7, 300, 1_000_000)
     assert (s.classify_batch_size, s.prefetch_fields, s.inference_precision) == (16, 0, "bfloat16")
+    assert s.prepare_threads == 2
     assert s.max_memory_per_child_kib == 1_300_000
 
 

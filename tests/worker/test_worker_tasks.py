@@ -173,9 +173,9 @@ def test_the_celery_tasks_run_their_bodies(tmp_path, sqlite_url, monkeypatch):
 def test_the_default_analyzer_carries_the_worker_settings(sqlite_url, tiny_model_dir):
     settings = WorkerSettings(
         database_url=sqlite_url, max_field_pixels=1234, segmenter="classical", classify_batch_size=16,
-        prefetch_fields=3, inference_precision="bfloat16",
+        prefetch_fields=3, prepare_threads=2, inference_precision="bfloat16",
     )
     analyzer = WorkerRuntime(settings)._load_default_analyzer(tiny_model_dir)
     assert (analyzer.config.max_field_pixels, analyzer.config.segmenter) == (1234, "classical")
-    assert (analyzer.config.batch_size, analyzer.config.prefetch_fields) == (16, 3)
+    assert (analyzer.config.batch_size, analyzer.config.prefetch_fields, analyzer.config.prepare_threads) == (16, 3, 2)
     assert analyzer.config.inference_precision == analyzer.classifier.precision == "bfloat16"

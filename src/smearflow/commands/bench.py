@@ -28,6 +28,9 @@ def bench(
     ] = None,
     precision: PrecisionOption = "float32",
     batch_size: Annotated[int, typer.Option(help="Crops per classifier call (the pipeline's batch_size).")] = 64,
+    prepare_threads: Annotated[
+        int, typer.Option(help="Threads that read and segment fields at once (the pipeline's prepare_threads).")
+    ] = 1,
     as_json: JsonFlag = False,
     reference_architecture: Annotated[
         str, typer.Option(hidden=True, help="Architecture measured beside the model (random weights).")
@@ -56,7 +59,7 @@ def bench(
     if data is not None and not data.is_dir():
         raise fail(f"--data must be a folder of field images. Received: {data}")
     try:
-        config = PipelineConfig(batch_size=batch_size, inference_precision=precision)
+        config = PipelineConfig(batch_size=batch_size, inference_precision=precision, prepare_threads=prepare_threads)
     except ValueError as error:
         raise fail(str(error)) from None
     console = stderr_console()

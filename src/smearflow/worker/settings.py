@@ -62,6 +62,8 @@ Variables (default in brackets):
     in a threads pool, how long crops wait for other slides' crops before a partial batch is classified [20]
 ``SMEARFLOW_PREFETCH_FIELDS``
     fields read and segmented ahead in a background thread while the classifier works [2]
+``SMEARFLOW_PREPARE_THREADS``
+    threads that read and segment fields at once in each slide [1]
 ``SMEARFLOW_INFERENCE_PRECISION``
     float32 or bfloat16 (faster on hardware with bfloat16 arithmetic; check its accuracy first) [float32]
 ``SMEARFLOW_MAX_MEMORY_PER_CHILD_KIB``
@@ -195,6 +197,7 @@ class WorkerSettings(SerialisableConfig):
     worker_concurrency: int | None = None
     batch_wait_ms: float = 20.0
     prefetch_fields: int = 2
+    prepare_threads: int = 1
     inference_precision: str = "float32"
     max_memory_per_child_kib: int | None = None
     soft_time_limit_s: float = 1200.0
@@ -234,6 +237,7 @@ class WorkerSettings(SerialisableConfig):
         for name, least in (
             ("max_attempts", 1), ("max_retries", 0), ("max_requeues", 0), ("max_fields", 1), ("max_field_pixels", 1),
             ("max_training_attempts", 1), ("keep_candidates", 0), ("classify_batch_size", 1), ("prefetch_fields", 0),
+            ("prepare_threads", 1),
         ):
             value = getattr(self, name)
             if value < least:

@@ -141,6 +141,7 @@ class WorkerRuntime:
                 max_field_pixels=self.settings.max_field_pixels,
                 batch_size=self.settings.classify_batch_size,
                 prefetch_fields=self.settings.prefetch_fields,
+                prepare_threads=self.settings.prepare_threads,
                 inference_precision=self.settings.inference_precision,
             ),
             segmentation_model_dir=self.settings.segmentation_model_dir,
