@@ -1,4 +1,4 @@
-"""Slides per hour through the real queue, with one and with two worker processes.
+"""Slides per hour through the real queue, with one and with two worker processes (or a threads pool).
 
 Not a test (it asserts nothing about time): a measurement, run by hand as root on a machine with
 redis-server and PostgreSQL 15's binaries::
@@ -8,8 +8,9 @@ redis-server and PostgreSQL 15's binaries::
 It starts its own Redis and PostgreSQL (``fault_servers``) in temporary folders, copies ``--slides``
 slide folders of ``--fields`` images each (the first images of ``--data``, repeated when it holds
 fewer), and for each worker count starts that many real Celery workers of concurrency 1 (the
-deployment's unit: one process, one model) with the packaged model or ``--model``, waits until they
-are ready, enqueues every slide with ``smearflow enqueue`` and waits until all are done. It prints
+deployment's unit: one process, one model) with the packaged model or ``--model``; ``threads:N`` in
+``--workers`` starts one worker of the threads pool with N slides in flight sharing one model. It waits
+until they are ready, enqueues every slide with ``smearflow enqueue`` and waits until all are done. It prints
 one JSON object: per worker count, the seconds from the first slide started to the last finished
 (``busy_s``, from the database), from the enqueue command to the last finished (``wall_s``), and
 slides per hour over each. Everything is removed afterwards.
@@ -62,11 +63,20 @@ def _times(lab: Lab, codes: list[str]) -> tuple[float, float]:
     return min(r[0].timestamp() for r in rows), max(r[1].timestamp() for r in rows)
 
 
-def measure(root: Path, redis_url: str, database_url: str, model_dir: Path, data: Path, n_workers: int,
+def _setup(spec: str) -> tuple[int, str, int]:
+    """``"N"``: N prefork workers of concurrency 1; ``"threads:N"``: one threads-pool worker of concurrency N."""
+    pool, _, count = spec.strip().rpartition(":")
+    if pool not in ("", "threads") or not count.isdigit() or int(count) < 1:
+        raise SystemExit(f"--workers takes counts or threads:N. Received: {spec!r}")
+    return (1, "threads", int(count)) if pool else (int(count), "prefork", 1)
+
+
+def measure(root: Path, redis_url: str, database_url: str, model_dir: Path, data: Path, spec: str,
             n_slides: int, n_fields: int, run: int = 0) -> dict:
+    n_workers, pool, concurrency = _setup(spec)
     lab = Lab(root / f"run{run}-{n_workers}", redis_url, database_url, model_dir)
     try:
-        workers = [lab.worker(f"worker-{i}") for i in range(n_workers)]
+        workers = [lab.worker(f"worker-{i}", pool=pool, concurrency=concurrency) for i in range(n_workers)]
         for worker in workers:
             wait_until(lambda w=worker: "ready." in w.log(), 300, f"{worker.name} to start", interval_s=0.5)
         folders = _slides(lab.root / "slides", data, n_slides, n_fields, prefix=f"R{run}W{n_workers}")
@@ -80,7 +90,7 @@ def measure(root: Path, redis_url: str, database_url: str, model_dir: Path, data
         first_started, last_finished = _times(lab, codes)
         busy_s, wall_s = last_finished - first_started, last_finished - sent
         return {
-            "workers": n_workers, "slides": n_slides, "fields_per_slide": n_fields, "statuses": statuses,
+            "workers": n_workers, "pool": pool, "concurrency": concurrency, "slides": n_slides, "fields_per_slide": n_fields, "statuses": statuses,
             "busy_s": round(busy_s, 2), "wall_s": round(wall_s, 2),
             "slides_per_hour": round(3600 * n_slides / busy_s, 1),
             "slides_per_hour_from_enqueue": round(3600 * n_slides / wall_s, 1),
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="classifier folder [the packaged model]")
     parser.add_argument("--slides", type=int, default=6)
     parser.add_argument("--fields", type=int, default=20)
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to measure")
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (or threads:N) to measure")
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or not PostgresServer.available() or shutil.which("redis-server") is None:
         raise SystemExit("needs root, redis-server and PostgreSQL's initdb/pg_ctl (see fault_servers)")
@@ -112,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         postgres.init().start()
         upgrade_database(postgres.url)
         runs = [
-            measure(root, redis_server.url, postgres.url, Path(model_dir), args.data, int(n), args.slides, args.fields, run)
-            for run, n in enumerate(args.workers.split(","))
+            measure(root, redis_server.url, postgres.url, Path(model_dir), args.data, spec, args.slides, args.fields, run)
+            for run, spec in enumerate(args.workers.split(","))
         ]
         print(json.dumps({"model": str(model_dir), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
                           "runs": runs}, indent=2))
