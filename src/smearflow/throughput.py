@@ -232,13 +232,16 @@ def classifier_ceiling(
 ) -> float:
     """Cells per second of the network alone: ready float32 tensors, ``batch_size`` per call, inference mode.
 
-    Measured over at least ``min_seconds`` and ``min_cells`` (and two calls).
+    The network runs as the pipeline runs it (:func:`~smearflow.classifier.inference.run_network`),
+    measured over at least ``min_seconds`` and ``min_cells`` (and two calls) after one call that
+    compiles it.
     """
-    import keras
+    from smearflow.classifier.inference import run_network
 
     batch = np.random.default_rng(seed).integers(0, 256, size=(batch_size, image_size, image_size, 3)).astype(np.float32)
     min_calls = max(2, -(-min_cells // batch_size))
-    calls, seconds = _timed_calls(lambda: keras.ops.convert_to_numpy(model(batch, training=False)), min_seconds, min_calls)
+    run_network(model, batch)
+    calls, seconds = _timed_calls(lambda: run_network(model, batch), min_seconds, min_calls)
     return calls * batch_size / seconds
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from smearflow.classifier.calibration import Calibration, apply_temperature, tta_views
+from smearflow.classifier.inference import run_network
 from smearflow.classifier.model_folder import ClassifierFolder, read_model_folder
 from smearflow.classifier.precision import check_precision, with_precision
 from smearflow.classifier.preprocessing import resize_batch
@@ -126,8 +127,6 @@ class Classifier:
         -------
         probabilities : ndarray of shape (n, n_classes), float32
         """
-        import keras
-
         if crops.ndim != 4 or crops.shape[-1] != 3:
             raise ValueError(f"crops must have shape (n, M, N, 3). Received: shape={crops.shape}")
         if batch_size < 1:
@@ -136,17 +135,8 @@ class Classifier:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         resized = resize_batch(crops, self.image_size)
         views = tta_views(resized, self.test_time_augmentation)
-        # Calling the model on a batch is far faster than model.predict per call.
         outputs = [
-            np.mean(
-                [
-                    keras.ops.convert_to_numpy(
-                        self.model(view[i : i + batch_size].astype(np.float32), training=False)
-                    ).astype(np.float32)
-                    for view in views
-                ],
-                axis=0,
-            )
+            np.mean([run_network(self.model, view[i : i + batch_size]) for view in views], axis=0)
             for i in range(0, len(resized), batch_size)
         ]
         return apply_temperature(np.concatenate(outputs), self.temperature)
