@@ -190,6 +190,14 @@ class Lab:
             logs = "\n\n".join(f"--- {s.name}\n{s.log()[-6000:]}" for s in self.services)
             pytest.fail(f"timed out waiting for {codes} to be {statuses}: { {c: self.slide(c) for c in codes} }\n{logs}")
 
+    def wait_for_folder(self, code, parent: Path, timeout_s=60.0) -> dict:
+        """Wait until the slide's folder is recorded in ``parent`` (a finished slide is archived just after its results)."""
+        def moved():
+            slide = self.slide(code)
+            return slide if slide is not None and Path(slide["folder"]) == parent / code else None
+
+        return wait_until(moved, timeout_s, f"{code}'s folder to be moved to {parent}", interval_s=0.2)
+
     def queue_length(self, queue: str | None = None) -> int:
         import redis
 

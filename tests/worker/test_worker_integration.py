@@ -53,12 +53,12 @@ def test_inbox_to_counts_in_postgres_with_failures_rejections_and_duplicates(lab
         assert slide["status"] == "done", slide
         assert slide["attempts"] == 1 and slide["n_fields"] == 2 and slide["n_counts"] > 0
         assert slide["model"] is not None and slide["model"].startswith("cnn-")
-        assert Path(slide["folder"]) == lab.done / code
+        lab.wait_for_folder(code, lab.done)
         assert (lab.done / code / "field_00.png").is_file() and not (lab.inbox / code).exists()
     assert slides["S-A"]["patient"] == "P-A"
     bad = slides["S-BAD"]
     assert bad["status"] == "failed" and "not a readable image" in bad["error"], bad
-    assert Path(bad["folder"]) == lab.failed / "S-BAD"
+    lab.wait_for_folder("S-BAD", lab.failed)
     assert "not a readable image" in (lab.failed / "S-BAD" / "error.txt").read_text()
     # A folder that is not a slide never reaches the queue: it is rejected, recorded and moved.
     wait_until((lab.failed / "S-JSON" / "error.txt").is_file, 60, "S-JSON to be rejected")
@@ -105,7 +105,7 @@ def test_a_worker_killed_mid_slide_is_restarted_and_the_slide_is_done_once(lab):
     lab.worker("worker-2", field_delay_s=1.5)
     slide = lab.wait_for_status(["S-KILL"], statuses=("done",), timeout_s=150)["S-KILL"]
     assert slide["attempts"] == 2 and slide["n_fields"] == 4 and slide["n_counts"] > 0
-    assert Path(slide["folder"]) == lab.done / "S-KILL"
+    lab.wait_for_folder("S-KILL", lab.done)
     with session_scope(lab.factory) as session:
         (row,) = repository.counts_for(session, slide_code="S-KILL")
     assert row["status"] == "done" and row["wbc_total"] > 0
