@@ -254,14 +254,10 @@ class PipelineConfig(SerialisableConfig):
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1. Received: batch_size={self.batch_size}")
-        if isinstance(self.prefetch_fields, bool) or not isinstance(self.prefetch_fields, int) or self.prefetch_fields < 0:
-            raise ValueError(
-                f"prefetch_fields must be a whole number of at least 0. Received: prefetch_fields={self.prefetch_fields!r}"
-            )
-        if isinstance(self.prepare_threads, bool) or not isinstance(self.prepare_threads, int) or self.prepare_threads < 1:
-            raise ValueError(
-                f"prepare_threads must be a whole number of at least 1. Received: prepare_threads={self.prepare_threads!r}"
-            )
+        for name, least in (("prefetch_fields", 0), ("prepare_threads", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be a whole number of at least {least}. Received: {name}={value!r}")
         if self.inference_precision not in INFERENCE_PRECISIONS:
             raise ValueError(
                 f"inference_precision must be one of {list(INFERENCE_PRECISIONS)}. "

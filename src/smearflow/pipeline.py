@@ -381,8 +381,9 @@ def analyze_slide(
     """Analyse every field of a slide and total the differential.
 
     Fields are read, checked and segmented in background threads
-    (``config.prepare_threads``), at most ``config.prefetch_fields`` ahead, while the classifier works on crops
-    gathered from many fields (``config.batch_size`` per call): the model is
+    (``config.prepare_threads``), at most ``config.prefetch_fields`` ahead,
+    while the classifier works on crops gathered from many fields
+    (``config.batch_size`` per call): the model is
     kept busy and neither the slide's images nor its crops are ever all in
     memory. The classes are the same as classifying each field alone.
 

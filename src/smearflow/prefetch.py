@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -110,15 +110,12 @@ class Prefetcher(Generic[T, R]):
     def _produce(self) -> None:
         try:
             for item in self._items:
-                if self._stop.is_set() or not self._put(self._submit(item)):
+                if self._stop.is_set() or not self._put(self._executor.submit(self._work, item)):
                     return
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(_Failure(error))
             return
         self._put(_END)
-
-    def _submit(self, item: T) -> Future:
-        return self._executor.submit(self._work, item)
 
     def _put(self, value) -> bool:
         while not self._stop.is_set():
