@@ -81,3 +81,19 @@ def assert_same_classifications(cells, reference_cells, atol=1e-5):
             continue
         assert cell.classification.label == reference.classification.label
         np.testing.assert_allclose(cell.classification.probabilities, reference.classification.probabilities, atol=atol)
+
+
+def tiny_backbone_model(image_size, num_classes, *, contrastive=False):
+    """A small stand-in with the registry's conventions: a nested backbone named like an ImageNet one."""
+    import keras
+    from keras import layers
+
+    backbone_in = keras.Input((image_size, image_size, 3))
+    x = layers.Conv2D(4, 3, strides=2)(backbone_in)
+    x = layers.BatchNormalization()(x)
+    backbone = keras.Model(backbone_in, layers.Activation("relu")(x), name="mobilenetv2")
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = layers.Rescaling(1 / 255, name="preprocessed")(inputs)
+    x = layers.GlobalAveragePooling2D(name="embedding" if contrastive else "pool")(backbone(x))
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs)

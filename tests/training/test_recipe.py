@@ -51,6 +51,7 @@ def test_default_recipe_mixes_the_tuning_fields_crops_into_one_training_run(tmp_
     tuning, _ = holdout_split(Path(n).stem for n in names)
     assert sorted(Path(n).stem for n in splits["extra"]) == sorted(tuning)
     assert (folder.path / "calibration.json").is_file() and splits["validation"]
+    assert not (tmp_path / "run" / "checkpoint").exists()  # kept only until the model folder is written
 
 
 def test_default_recipe_without_fields_trains_on_the_dataset_alone(tmp_path):
@@ -71,7 +72,7 @@ def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
 
     def fake_recipe(data, out, *, field_images, field_labels, config, on_epoch_end, columns):
         calls.append((data, out, field_images, field_labels, config.seed, config.splits_seed, columns))
-        on_epoch_end(0, {"loss": 1.0})
+        on_epoch_end(12, {"loss": 1.0})  # epochs are counted over the run: a resumed one starts past 0
         return SimpleNamespace(path=out / "model", metrics={"accuracy": 0.9, "macro_f1": 0.8, "test_images": 5})
 
     monkeypatch.setattr(recipe, "train_default_model", fake_recipe)
@@ -81,6 +82,7 @@ def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
     default_seed = TrainConfig().seed
     assert calls[-1] == (Path("d"), tmp_path, None, None, default_seed, default_seed, ("image", "label"))
     assert "test accuracy 0.9000" in result.stdout
+    assert f"epoch 13/{recipe.DEFAULT_RECIPE.total_epochs()} loss 1.0000" in result.output
     args = ["train-default", "--data", "d", "--fields", "f", "--field-labels", "l.csv", "--label-column",
             "kaggle_wbc_category", "--out", str(tmp_path), "--seed", "7"]
     assert runner.invoke(app, args).exit_code == 0

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from smearflow_testkit import write_class_folders
+from smearflow_testkit import tiny_backbone_model, write_class_folders
 from smearflow.classifier.classifier import Classifier
 from smearflow.training.architectures import build_model, get_architecture
 from smearflow.training.train import TrainConfig, class_weights, images_trained_on, train_classifier
@@ -51,44 +51,6 @@ def test_registry_rejects_unknown_names_and_small_inputs():
         build_model("cnn", 32, 1)
 
 
-def _tiny_backbone_model(image_size, num_classes, *, contrastive=False):
-    """A small stand-in with the registry's conventions: a nested backbone named like an ImageNet one."""
-    import keras
-    from keras import layers
-
-    backbone_in = keras.Input((image_size, image_size, 3))
-    x = layers.Conv2D(4, 3, strides=2)(backbone_in)
-    x = layers.BatchNormalization()(x)
-    backbone = keras.Model(backbone_in, layers.Activation("relu")(x), name="mobilenetv2")
-    inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    x = layers.Rescaling(1 / 255, name="preprocessed")(inputs)
-    x = layers.GlobalAveragePooling2D(name="embedding" if contrastive else "pool")(backbone(x))
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs)
-
-
-@pytest.fixture
-def tiny_registry(monkeypatch):
-    from smearflow.training.architectures import ARCHITECTURES, Architecture
-
-    monkeypatch.setitem(
-        ARCHITECTURES, "tiny_backbone", Architecture("tiny_backbone", _tiny_backbone_model, 16, "test", "unit", ("mobilenetv2",))
-    )
-    monkeypatch.setitem(
-        ARCHITECTURES,
-        "tiny_supcon",
-        Architecture(
-            "tiny_supcon",
-            lambda s, k: _tiny_backbone_model(s, k, contrastive=True),
-            16,
-            "test",
-            "unit",
-            ("mobilenetv2",),
-            contrastive=True,
-        ),
-    )
-
-
 def _train_set(tmp_path):
     from smearflow.datasets import scan_class_folders
 
@@ -101,7 +63,7 @@ def test_frozen_backbone_trains_only_the_head_with_local_weights(tmp_path, tiny_
     from smearflow.training.train import HistoryRecorder, fit_classifier
 
     keras.utils.set_random_seed(1)
-    source = _tiny_backbone_model(16, 3).get_layer("mobilenetv2")
+    source = tiny_backbone_model(16, 3).get_layer("mobilenetv2")
     weights_file = tmp_path / "backbone.weights.h5"
     source.save_weights(weights_file)
     config = TrainConfig(

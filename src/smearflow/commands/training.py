@@ -179,7 +179,8 @@ def train_default(
     """Train the default model as the packaged one was made: field crops mixed into one training run.
 
     The model folder is OUT/model. The test and validation splits are those of the packaged
-    model (split seed 20261125) whatever --seed is.
+    model (split seed 20261125) whatever --seed is. Every epoch is saved in OUT/checkpoint:
+    after an interruption, the same command resumes after the last saved epoch.
     """
     from smearflow.errors import SmearflowError
     from smearflow.training.recipe import DEFAULT_RECIPE, train_default_model
@@ -213,20 +214,18 @@ def _with_epoch_progress(label: str, total: int, run):
 
     console = stderr_console()
     if not console.is_terminal:
-        done = 0
 
         def log_epoch(epoch, logs):
-            nonlocal done
-            done += 1
             figures = " ".join(f"{name} {value:.4f}" for name, value in sorted(logs.items()))
-            console.print(f"{label}: epoch {done}/{total} {figures}", soft_wrap=True)
+            console.print(f"{label}: epoch {epoch + 1}/{total} {figures}", soft_wrap=True)
 
         return run(log_epoch)
     with Progress(console=console) as progress:
         task = progress.add_task(label, total=total)
 
         def on_epoch_end(epoch, logs):
-            progress.update(task, advance=1, description=f"{label} loss {logs.get('loss', 0):.3f}")
+            # ``epoch`` counts over all stages, and a resumed run starts past 0.
+            progress.update(task, completed=epoch + 1, description=f"{label} loss {logs.get('loss', 0):.3f}")
 
         return run(on_epoch_end)
 

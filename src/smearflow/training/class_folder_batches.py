@@ -23,8 +23,6 @@ class ClassFolderBatches(keras.utils.PyDataset):
     for training images, which are warped and then shrunk).
     """
 
-    epoch = 0
-
     def __init__(
         self,
         dataset: ImageDataset,
@@ -45,11 +43,8 @@ class ClassFolderBatches(keras.utils.PyDataset):
         self.training, self.seed, self.num_classes = training, seed, num_classes
         self.decoded, self.keep, self.source_size_px = decoded, keep, source_size_px
         self.augmentation, self.augment_strength = augmentation, augment_strength
-        self.rng = np.random.default_rng(seed)
-        self.order = np.arange(len(dataset))
-        if training:
-            self.rng.shuffle(self.order)
         self.n_skipped = 0
+        self.start_at_epoch(0)
 
     def __len__(self):
         return int(np.ceil(len(self.dataset) / self.batch_size))
@@ -111,7 +106,17 @@ class ClassFolderBatches(keras.utils.PyDataset):
         logger.warning("batch %d held only unreadable images: filled with %d others", index, len(images))
         return images, labels
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def start_at_epoch(self, epoch: int) -> None:
+        """Serve ``epoch`` (counted from 0 over all training stages) next.
+
+        A training epoch's order and augmentation depend only on the seed
+        and the epoch, so a run resumed at an epoch sees the batches an
+        uninterrupted run would have seen.
+        """
+        self.epoch = epoch
+        self.order = np.arange(len(self.dataset))
         if self.training:
-            self.rng.shuffle(self.order)
+            np.random.default_rng([self.seed, epoch]).shuffle(self.order)
+
+    def on_epoch_end(self):
+        self.start_at_epoch(self.epoch + 1)

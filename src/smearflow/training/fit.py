@@ -19,6 +19,7 @@ from smearflow.training.architectures import (
     model_backbones,
     set_backbones_trainable,
 )
+from smearflow.training.checkpoint import TrainingCheckpoint
 from smearflow.training.data import batches
 from smearflow.training.train_config import CLASS_WEIGHTS, TrainConfig
 
@@ -142,8 +143,8 @@ def predict_with_classifier(classifier, dataset: ImageDataset, batch_size: int =
 class HistoryRecorder:
     """Collects the per-epoch logs of every training stage; ``rows`` is JSON-ready."""
 
-    def __init__(self):
-        self.rows: list[dict] = []
+    def __init__(self, rows: list[dict] = ()):
+        self.rows: list[dict] = [dict(row) for row in rows]
         self.stage = "train"
 
     def callback(self):
@@ -176,6 +177,7 @@ def fit_classifier(
     history: HistoryRecorder | None = None,
     decoded: dict | None = None,
     prior_labels: np.ndarray | None = None,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> dict:
     """Train ``model`` in place on ``train_set`` following the schedule of ``config``.
 
@@ -205,6 +207,9 @@ def fit_classifier(
     prior_labels : ndarray, optional
         Labels of the main dataset when ``train_set`` also holds extra
         images (see :func:`class_weights`).
+    checkpoint : TrainingCheckpoint, optional
+        Saves every epoch; a stage it holds resumes after its last saved
+        epoch, and a finished stage is only restored.
 
     Returns
     -------
@@ -225,11 +230,16 @@ def fit_classifier(
         logger.info("%s has no backbone the given weights apply to: training from scratch", config.architecture)
     stages: list[dict] = []
 
-    def run_stage(name: str, fit, epochs: int, initial_epoch: int = 0):
+    def run_stage(name: str, fit, epochs: int, initial_epoch: int = 0, fitted=model):
         if history is not None:
             history.stage = name
         stages.append({"stage": name, "epochs": epochs - initial_epoch})
-        fit(epochs, initial_epoch)
+        saving = []
+        if checkpoint is not None:
+            initial_epoch = max(initial_epoch, checkpoint.restore(fitted, name))
+            saving = [checkpoint.callback(name, history.rows if history is not None else [])]
+        if initial_epoch < epochs:
+            fit(epochs, initial_epoch, saving)
 
     if architecture.contrastive:
         _fit_contrastive_encoder(model, config, train_set, callbacks, decoded, run_stage)
@@ -241,13 +251,15 @@ def fit_classifier(
     )
     class_weight = class_weights(config.class_weight, train_set.labels, num_classes, prior_labels)
 
-    def fit(epochs, initial_epoch):
+    def fit(epochs, initial_epoch, saving):
+        train_batches.start_at_epoch(initial_epoch)
         model.fit(
             train_batches,
             epochs=epochs,
             initial_epoch=initial_epoch,
             class_weight=class_weight,
-            callbacks=callbacks,
+            callbacks=callbacks + saving,
+            shuffle=False,  # the batches shuffle themselves, by seed and epoch
             verbose=0,
         )
 
@@ -365,8 +377,12 @@ def _fit_contrastive_encoder(model, config: TrainConfig, train_set, callbacks, d
         loss=SupervisedContrastiveLoss(config.contrastive_temperature),
     )
 
-    def fit(epochs, initial_epoch):
-        projector.fit(contrastive_batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+    def fit(epochs, initial_epoch, saving):
+        contrastive_batches.start_at_epoch(initial_epoch)
+        projector.fit(
+            contrastive_batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks + saving,
+            shuffle=False, verbose=0,
+        )
 
-    run_stage("contrastive", fit, epochs)
+    run_stage("contrastive", fit, epochs, fitted=projector)
     return epochs

@@ -37,6 +37,9 @@ def train_default_model(
        ``out_dir/model``; the temperature and the confidence threshold are
        fitted on the validation split.
 
+    Every epoch is saved in ``out_dir/checkpoint`` until the model folder
+    is written: the same call after an interruption resumes there.
+
     Parameters
     ----------
     data_dir : str or Path
@@ -64,7 +67,8 @@ def train_default_model(
     Raises
     ------
     ValueError
-        When only one of ``field_images`` and ``field_labels`` is given.
+        When only one of ``field_images`` and ``field_labels`` is given, or
+        ``out_dir/checkpoint`` holds a run with other settings.
     """
     from smearflow.datasets import holdout_split, read_field_labels
     from smearflow.training.field_crops import export_field_crops
@@ -84,4 +88,6 @@ def train_default_model(
         exported = export_field_crops(field_images, labels, segmenter, crops_dir, names=[stems[s] for s in tuning])
         logger.info("field crops mixed into training: %s", exported)
         config = replace(config, extra_data=str(crops_dir))
-    return train_classifier(data_dir, out_dir / "model", config, on_epoch_end=on_epoch_end)
+    return train_classifier(
+        data_dir, out_dir / "model", config, on_epoch_end=on_epoch_end, checkpoint_dir=out_dir / "checkpoint"
+    )

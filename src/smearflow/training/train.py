@@ -22,6 +22,7 @@ from smearflow.datasets import (
     stratified_holdout,
 )
 from smearflow.model_folder import Splits, read_splits
+from smearflow.training.checkpoint import TrainingCheckpoint
 from smearflow.training.fit import (
     HistoryRecorder,
     class_weights,
@@ -284,6 +285,7 @@ def train_classifier(
     config: TrainConfig = TrainConfig(),
     *,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ):
     """Train ``config.architecture`` on a stratified split and save a model folder.
 
@@ -292,10 +294,31 @@ def train_classifier(
     both splits go to ``splits.json`` beside the model so that anyone can
     check that nothing leaked.
 
+    Parameters
+    ----------
+    data_dir : str or Path
+        Class-folder dataset.
+    out_dir : str or Path
+        The model folder to write.
+    config : TrainConfig
+    on_epoch_end : callable, optional
+        Called as ``(epoch, logs)`` after each epoch (epochs counted over
+        all stages, from 0).
+    checkpoint_dir : str or Path, optional
+        Saves the run after every epoch (:class:`~smearflow.training.checkpoint.TrainingCheckpoint`);
+        training the same data and ``config`` with the same folder again
+        resumes after the last saved epoch. Removed once the model folder
+        is written.
+
     Returns
     -------
     ModelFolder
         The saved folder ``out_dir``.
+
+    Raises
+    ------
+    ValueError
+        When ``checkpoint_dir`` holds the checkpoint of other settings.
     """
     import keras
 
@@ -307,6 +330,9 @@ def train_classifier(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = TrainingCheckpoint(checkpoint_dir, {"data": str(data_dir), "training": config.to_dict()})
     keras.utils.set_random_seed(config.seed)
     dataset = scan_class_folders(data_dir)
     num_classes = len(dataset.classes)
@@ -315,15 +341,16 @@ def train_classifier(
     extra = extra_training_images(config, dataset.classes)
     splits = make_splits(config, train_set, test_set, extra, validation_set)
     fit_set = train_set if extra is None else concatenate_datasets(train_set, extra)
-    history = HistoryRecorder()
+    history = HistoryRecorder(checkpoint.history if checkpoint is not None else ())
     callbacks = []
     if on_epoch_end is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch_end(epoch, logs)))
     started = time.perf_counter()
     fitted = fit_classifier(
-        model, config, fit_set, num_classes, callbacks=callbacks, history=history, prior_labels=train_set.labels
+        model, config, fit_set, num_classes, callbacks=callbacks, history=history, prior_labels=train_set.labels,
+        checkpoint=checkpoint,
     )
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started if checkpoint is None else checkpoint.elapsed_seconds()
     history.write_csv(out_dir / "history.csv")
     calibration, validation_figures = calibrate(model, config, validation_set)
     calibrated = in_memory_classifier(model, config, dataset.classes, calibration)
@@ -346,7 +373,10 @@ def train_classifier(
     metrics["bn_recalibration_images"] = fitted["bn_recalibration_images"]
     if fitted["weights_loaded"]:
         metrics["weights_loaded"] = fitted["weights_loaded"]
-    return write_model_folder(
+    folder = write_model_folder(
         out_dir, model, config=classifier_config(config), training=config.to_dict(), classes=dataset.classes,
         metrics=metrics, splits=splits, calibration=calibration,
     )
+    if checkpoint is not None:
+        checkpoint.discard()
+    return folder
