@@ -136,6 +136,20 @@ def test_train_command_rejects_bad_input(data, tmp_path, args, message):
     assert message in " ".join(result.output.split())
 
 
+def test_train_command_refuses_the_checkpoint_of_another_run(data, tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "checkpoint.json").write_text(
+        json.dumps({"settings": {"data": "elsewhere"}, "stages": {}, "history": [], "seconds": 0.0})
+    )
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(data), "--out", str(tmp_path / "m"), "--checkpoint", str(checkpoint)]
+    )
+    assert result.exit_code == 1
+    assert "holds the checkpoint of a training run with other settings" in " ".join(result.output.split())
+    assert not (tmp_path / "m").exists()
+
+
 def test_option_parsers():
     import typer
 

@@ -118,6 +118,10 @@ def train(
         Optional[Path], typer.Option(help="Class folders added to the training images only (e.g. export-crops).")
     ] = None,
     extra_repeat: Annotated[Optional[int], typer.Option(help="Times each extra image is seen per epoch.")] = None,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option(help="Save every epoch here; the same command resumes after the last saved epoch."),
+    ] = None,
 ):
     """Train a classifier and save it as a model folder usable by ``analyze --model``.
 
@@ -152,7 +156,7 @@ def train(
         get_architecture(arch)
         config = TrainConfig.from_dict({"architecture": arch} | {k: v for k, v in overrides.items() if v is not None})
         folder = _with_epoch_progress(
-            f"training {arch}", config.total_epochs(), lambda report: train_classifier(data, out, config, on_epoch_end=report)
+            f"training {arch}", config.total_epochs(), lambda report: train_classifier(data, out, config, on_epoch_end=report, checkpoint_dir=checkpoint)
         )
     except (SmearflowError, ValueError, FileNotFoundError) as error:
         _fail(error)

@@ -328,11 +328,11 @@ def train_classifier(
     )
     from smearflow.training.machine import machine_description
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = None
     if checkpoint_dir is not None:
         checkpoint = TrainingCheckpoint(checkpoint_dir, {"data": str(data_dir), "training": config.to_dict()})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     dataset = scan_class_folders(data_dir)
     num_classes = len(dataset.classes)
