@@ -281,6 +281,7 @@ def test_a_task_delivered_again_after_its_process_died_is_bounded(tmp_path, any_
     def dies(data_dir, out_dir, config):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "partial").write_text("x")
+        Path(f"{out_dir}.checkpoint").mkdir(exist_ok=True)  # as the default training leaves it
         calls.append(out_dir)
         raise KeyboardInterrupt  # stands in for SIGKILL: nothing after it runs
 
@@ -291,6 +292,7 @@ def test_a_task_delivered_again_after_its_process_died_is_bounded(tmp_path, any_
     with pytest.raises(RetrainingFailed, match="started 2 times and its process died each time"):
         run_retraining(any_db_factory, settings, task_id="t-1", train=dies, default_model_dir=lambda: None)
     assert len(calls) == 2 and not Path(calls[0]).exists()  # the orphan folder is gone
+    assert [p for p in (tmp_path / "models").iterdir() if p.is_dir()] == []  # and so is any checkpoint beside it
     with session_scope(any_db_factory) as session:
         (run,) = session.scalars(select(TrainingRun)).all()
         assert (run.outcome, run.attempts) == ("failed", 3)
@@ -354,6 +356,48 @@ def test_a_growing_dataset_leaves_the_active_models_real_gate_figure_unchanged(t
     assert second.baseline_metrics["eval_images"] == 9
     assert second.baseline_metrics["macro_f1"] == pytest.approx(first.candidate_metrics["macro_f1"])
     assert _active(any_db_factory) == first.candidate
+
+
+def test_a_training_whose_process_died_resumes_at_the_next_delivery(tmp_path, db_factory, monkeypatch):
+    import smearflow.training.train as training
+
+    train_classifier = training.train_classifier
+    epochs_run, checkpoints = [], []
+
+    def dies_once_after_two_epochs(data_dir, out_dir, config, *, checkpoint_dir):
+        checkpoints.append(checkpoint_dir)
+
+        def on_epoch_end(epoch, logs):
+            if len(checkpoints) == 1 and epoch == 2:
+                raise KeyboardInterrupt  # stands in for SIGKILL, before epoch 3 is saved
+            epochs_run.append(epoch)
+
+        return train_classifier(data_dir, out_dir, config, on_epoch_end=on_epoch_end, checkpoint_dir=checkpoint_dir)
+
+    monkeypatch.setattr(training, "train_classifier", dies_once_after_two_epochs)
+    data = write_colour_classes(tmp_path / "data", per_class=10, size_px=32)
+    config = {"image_size": 32, "epochs": 4, "batch_size": 8, "test_fraction": 0.3, "arch_params": {"filters": [4, 8]}}
+    settings = RetrainSettings(data_dir=str(data), models_dir=str(tmp_path / "models"), train_config=config, margin=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        run_retraining(db_factory, settings, task_id="t-1", default_model_dir=lambda: None)
+    assert checkpoints[0].parent == tmp_path / "models" and (checkpoints[0] / "checkpoint.json").is_file()
+    outcome = run_retraining(db_factory, settings, task_id="t-1", default_model_dir=lambda: None)
+    assert checkpoints[1] == checkpoints[0] and epochs_run == [0, 1, 2, 3]  # epoch 2 again, then on
+    assert outcome.outcome == "activated" and not checkpoints[0].exists()
+
+
+def test_a_failed_run_removes_its_checkpoint(tmp_path, db_factory, monkeypatch):
+    import smearflow.training.train as training
+
+    def fails_after_saving(data_dir, out_dir, config, *, checkpoint_dir):
+        (checkpoint_dir / "checkpoint.json").parent.mkdir(parents=True)
+        (checkpoint_dir / "checkpoint.json").write_text("{}")
+        raise RuntimeError("nan loss")
+
+    monkeypatch.setattr(training, "train_classifier", fails_after_saving)
+    with pytest.raises(RuntimeError, match="nan loss"):
+        run_retraining(db_factory, _settings(tmp_path), default_model_dir=lambda: None)
+    assert [p for p in (tmp_path / "models").iterdir() if p.is_dir()] == []
 
 
 def test_evaluating_a_model_with_other_classes_is_refused(tmp_path, tiny_model_dir):

@@ -16,9 +16,11 @@ the model to judge saw some of them. The baseline's figure on an unchanged
 gate therefore never moves.
 
 Every run is recorded when it starts and again when it ends
-(:mod:`smearflow.db.runs`); a run whose process keeps dying is given up after
-``max_attempts`` deliveries, its candidate folder removed, and a failed run
-is raised as a failed task (Celery's FAILURE, visible in Flower).
+(:mod:`smearflow.db.runs`); a run whose process died resumes its training at
+the next delivery from the last epoch saved, a run whose process keeps dying
+is given up after ``max_attempts`` deliveries, its candidate folder and
+checkpoint removed, and a failed run is raised as a failed task (Celery's
+FAILURE, visible in Flower).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import math
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -264,6 +267,11 @@ class _Run:
     baseline_metrics: dict | None = None
     actor: str = NIGHTLY_ACTOR
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where the default training saves every epoch, beside the candidate folder."""
+        return self.out_dir.with_name(self.out_dir.name + ".checkpoint")
+
 
 def run_retraining(
     session_factory,
@@ -290,7 +298,10 @@ def run_retraining(
         version is active and ``SMEARFLOW_MODEL_DIR`` is not set.
     train : callable, optional
         ``train(data_dir, out_dir, TrainConfig) -> ModelFolder``;
-        :func:`smearflow.training.train.train_classifier` by default.
+        by default :func:`smearflow.training.train.train_classifier`, saving
+        every epoch beside the candidate folder (``<candidate>.checkpoint``)
+        so that a delivery again after the process died resumes the
+        training where it stopped.
     evaluate : callable
         ``evaluate(model_dir, data_dir, images) -> metrics``.
     now : callable
@@ -323,7 +334,9 @@ def run_retraining(
         dataset = _check_dataset(settings.data_dir)
         _choose_baseline(session_factory, settings, run, default_model_dir)
         _choose_gate(session_factory, settings, run, dataset)
-        run.candidate = (train or train_classifier)(settings.data_dir, run.out_dir, _with_gate(config, run))
+        if train is None:
+            train = partial(train_classifier, checkpoint_dir=run.checkpoint_dir)
+        run.candidate = train(settings.data_dir, run.out_dir, _with_gate(config, run))
         _check_candidate(run)
         run.candidate_metrics = evaluate(run.candidate.path, settings.data_dir, run.gate.images)
         if run.baseline_dir is not None:
@@ -361,11 +374,14 @@ def _begin(session_factory, settings: RetrainSettings, config, task_id: str | No
         if row.candidate_dir is None:
             row.candidate_dir = str(Path(settings.models_dir) / f"{config.architecture}-{now():%Y%m%dT%H%M%SZ}")
         run_id, candidate_dir, error = row.id, Path(row.candidate_dir), row.error
-    _remove_folder(candidate_dir, Path(settings.models_dir))  # an earlier attempt's half-written candidate
+    run = _Run(run_id=run_id, config=config, out_dir=candidate_dir)
+    # An earlier attempt's half-written candidate goes; its checkpoint stays for this attempt to resume.
+    _remove_folder(candidate_dir, Path(settings.models_dir))
     if not go_on:
+        _remove_folder(run.checkpoint_dir, Path(settings.models_dir))
         raise RetrainingFailed(error or f"training run {run_id} already ended")
     logger.info("retraining run %d: %s on %s into %s", run_id, config.architecture, settings.data_dir, candidate_dir)
-    return _Run(run_id=run_id, config=config, out_dir=candidate_dir)
+    return run
 
 
 def _remove_folder(folder: Path, models_dir: Path) -> None:
@@ -529,7 +545,7 @@ def _scalars(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _fail(session_factory, settings: RetrainSettings, run: _Run, error: str) -> None:
-    """Record the run failed and remove its candidate folder."""
+    """Record the run failed and remove its candidate folder and checkpoint."""
     from smearflow.db import runs, session_scope, transient_database_errors
 
     logger.error("retraining run %d failed: %s", run.run_id, error)
@@ -540,6 +556,7 @@ def _fail(session_factory, settings: RetrainSettings, run: _Run, error: str) -> 
             metrics=_run_metrics(settings, run) if run.candidate_metrics else None,
         )
     _remove_folder(run.out_dir, Path(settings.models_dir))
+    _remove_folder(run.checkpoint_dir, Path(settings.models_dir))
 
 
 def _prune(session_factory, settings: RetrainSettings, protected: set[str]) -> None:
