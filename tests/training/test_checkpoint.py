@@ -1,5 +1,9 @@
 import csv
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -144,3 +148,49 @@ def test_an_epochs_batches_depend_only_on_the_seed_and_the_epoch(tmp_path):
     np.testing.assert_array_equal(advanced[1][0], started_there[1][0])
     started_there.start_at_epoch(1)
     assert not np.array_equal(advanced.order, started_there.order)
+
+
+JAX_RESUME = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import numpy as np
+    import keras
+    from smearflow.classifier.classifier import Classifier
+    from smearflow.training.train import TrainConfig, train_classifier
+
+    data, tmp = sys.argv[1], Path(sys.argv[2])
+    config = TrainConfig(image_size=32, epochs=3, batch_size=8, test_fraction=0.25, arch_params={"filters": (4, 8)})
+
+    def stop(epoch, logs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    try:
+        train_classifier(data, tmp / "m", config, on_epoch_end=stop, checkpoint_dir=tmp / "c")
+    except KeyboardInterrupt:
+        pass
+    epochs = []
+    resumed = train_classifier(data, tmp / "m", config, on_epoch_end=lambda e, l: epochs.append(e), checkpoint_dir=tmp / "c")
+    whole = train_classifier(data, tmp / "w", config)
+    crops = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    p = [Classifier.load(f.path).predict_proba(crops) for f in (resumed, whole)]
+    print(json.dumps({"backend": keras.backend.backend(), "epochs": epochs,
+                      "max_difference": float(np.abs(p[0] - p[1]).max())}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_with_jax_a_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path):
+    pytest.importorskip("jax")
+    data = write_class_folders(tmp_path / "data", per_class=8, size=32)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(
+        [sys.executable, "-c", JAX_RESUME, str(data), str(tmp_path)], env=env, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "jax" and report["epochs"] == [1, 2]
+    assert report["max_difference"] < 1e-6
