@@ -146,7 +146,9 @@ def test_train_command_refuses_the_checkpoint_of_another_run(data, tmp_path):
         app, ["train", "--data", str(data), "--out", str(tmp_path / "m"), "--checkpoint", str(checkpoint)]
     )
     assert result.exit_code == 1
-    assert "holds the checkpoint of a training run with other settings" in " ".join(result.output.split())
+    assert "holds the checkpoint of a training run with other settings (data, training)" in " ".join(
+        result.output.split()
+    )
     assert not (tmp_path / "m").exists()
 
 

@@ -56,8 +56,9 @@ class TrainingCheckpoint:
         if path.is_file():
             self._state = _read_state(path)
             if self._state.get("settings") != self.settings:
+                differing = ", ".join(_differences(self._state.get("settings"), self.settings))
                 raise ValueError(
-                    f"{self.folder} holds the checkpoint of a training run with other settings: "
+                    f"{self.folder} holds the checkpoint of a training run with other settings ({differing}): "
                     "remove it to start again, or train into another folder"
                 )
             logger.info("resuming training from %s: %s", self.folder, self.describe())
@@ -78,6 +79,7 @@ class TrainingCheckpoint:
         return 0 if saved is None else int(saved["epochs_done"])
 
     def describe(self) -> str:
+        """Where each saved stage stands, for logs."""
         stages = self._state["stages"]
         if not stages:
             return "no epoch saved"
@@ -105,13 +107,13 @@ class TrainingCheckpoint:
 
     def save(self, model, stage: str, epochs_done: int, history: list[dict]) -> None:
         """Record ``model`` (weights and optimiser state) as ``stage`` after ``epochs_done`` epochs."""
+        import keras
+
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = f"{stage}-epoch{epochs_done:03d}.weights.h5"
         model.save_weights(self.folder / weights, overwrite=True)
         previous = self._state["stages"].get(stage)
         state = dict(self._state, history=[dict(row) for row in history], seconds=self.elapsed_seconds())
-        import keras
-
         random_states = [keras.ops.convert_to_numpy(variable).tolist() for variable in _random_states(model)]
         saved = {"epochs_done": epochs_done, "weights": weights, "random_states": random_states}
         state["stages"] = dict(state["stages"], **{stage: saved})
@@ -139,6 +141,16 @@ class TrainingCheckpoint:
     def discard(self) -> None:
         """Remove the folder (the run finished: nothing is left to resume)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _differences(saved, wanted, prefix: str = "") -> list[str]:
+    """Dotted names of the settings whose values differ, e.g. ``training.seed``."""
+    if not isinstance(saved, dict) or not isinstance(wanted, dict):
+        return [prefix or "settings"] if saved != wanted else []
+    names = []
+    for key in sorted(saved.keys() | wanted.keys()):
+        names += _differences(saved.get(key), wanted.get(key), f"{prefix}.{key}" if prefix else key)
+    return names
 
 
 def _random_states(model) -> list:
