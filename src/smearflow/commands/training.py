@@ -156,7 +156,9 @@ def train(
         get_architecture(arch)
         config = TrainConfig.from_dict({"architecture": arch} | {k: v for k, v in overrides.items() if v is not None})
         folder = _with_epoch_progress(
-            f"training {arch}", config.total_epochs(), lambda report: train_classifier(data, out, config, on_epoch_end=report, checkpoint_dir=checkpoint)
+            f"training {arch}",
+            config.total_epochs(),
+            lambda report: train_classifier(data, out, config, on_epoch_end=report, checkpoint_dir=checkpoint),
         )
     except (SmearflowError, ValueError, FileNotFoundError) as error:
         _fail(error)

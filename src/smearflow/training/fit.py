@@ -7,6 +7,7 @@ benchmark share; no files are written here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,7 @@ def predict_with_classifier(classifier, dataset: ImageDataset, batch_size: int =
 class HistoryRecorder:
     """Collects the per-epoch logs of every training stage; ``rows`` is JSON-ready."""
 
-    def __init__(self, rows: list[dict] = ()):
+    def __init__(self, rows: Iterable[dict] = ()):
         self.rows: list[dict] = [dict(row) for row in rows]
         self.stage = "train"
 
