@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -6,11 +7,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from smearflow.classifier import default_model_dir, read_model_folder
 from smearflow.cli import app
 from smearflow.imageio import write_rgb
 from smearflow.datasets import holdout_split
 from smearflow.segmentation import Segmentation
-from smearflow.training.recipe import train_default_model
+from smearflow.training.recipe import DEFAULT_RECIPE, train_default_model
 from smearflow.training.train import TrainConfig
 from smearflow_testkit import planted_cell, write_class_folders
 
@@ -79,15 +81,15 @@ def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
     runner = CliRunner()
     result = runner.invoke(app, ["train-default", "--data", "d", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    default_seed = TrainConfig().seed
-    assert calls[-1] == (Path("d"), tmp_path, None, None, default_seed, default_seed, ("image", "label"))
+    seed, splits_seed = recipe.DEFAULT_RECIPE.seed, recipe.DEFAULT_RECIPE.splits_seed
+    assert calls[-1] == (Path("d"), tmp_path, None, None, seed, splits_seed, ("image", "label"))
     assert "test accuracy 0.9000" in result.stdout
     assert f"epoch 13/{recipe.DEFAULT_RECIPE.total_epochs()} loss 1.0000" in result.output
     args = ["train-default", "--data", "d", "--fields", "f", "--field-labels", "l.csv", "--label-column",
             "kaggle_wbc_category", "--out", str(tmp_path), "--seed", "7"]
     assert runner.invoke(app, args).exit_code == 0
     # another training seed, the same test and validation splits
-    assert calls[-1][2:] == (Path("f"), Path("l.csv"), 7, default_seed, ("image", "kaggle_wbc_category"))
+    assert calls[-1][2:] == (Path("f"), Path("l.csv"), 7, splits_seed, ("image", "kaggle_wbc_category"))
     missing = runner.invoke(app, ["train-default", "--data", "d", "--fields", "f"])
     assert missing.exit_code == 2 and "give both --fields and --field-labels" in missing.output
     assert runner.invoke(app, ["train-default"]).exit_code == 2  # the dataset is required: no developer default
@@ -96,3 +98,14 @@ def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
 def test_train_default_command_reports_errors(tmp_path):
     result = CliRunner().invoke(app, ["train-default", "--data", str(tmp_path / "none")])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_the_packaged_model_was_trained_with_the_default_recipe():
+    packaged = read_model_folder(default_model_dir()).training
+    recipe = asdict(DEFAULT_RECIPE)
+    differing = {key for key in recipe if key != "extra_data" and packaged.get(key) != _as_json(recipe[key])}
+    assert not differing  # train-default reproduces the packaged model: same seed, splits and settings
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value))

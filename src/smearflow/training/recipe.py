@@ -13,7 +13,10 @@ logger = logging.getLogger(__name__)
 
 #: The packaged model's recipe: the 5-block CNN at 96 px with the domain
 #: augmentation, BCCD-like crops mixed in without shifting the class priors.
-DEFAULT_RECIPE = TrainConfig(image_size=96, epochs=20, augment_strength=0.3)
+#: Its training seed is that of the better of the two seeds trained (the
+#: packaged model); the test and validation splits keep seed 20261125, those
+#: of every earlier default model.
+DEFAULT_RECIPE = TrainConfig(image_size=96, epochs=20, augment_strength=0.3, seed=20261202, split_seed=20261125)
 
 def train_default_model(
     data_dir: str | Path,
