@@ -75,7 +75,10 @@ def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
     def fake_recipe(data, out, *, field_images, field_labels, config, on_epoch_end, columns):
         calls.append((data, out, field_images, field_labels, config.seed, config.splits_seed, columns))
         on_epoch_end(12, {"loss": 1.0})  # epochs are counted over the run: a resumed one starts past 0
-        return SimpleNamespace(path=out / "model", metrics={"accuracy": 0.9, "macro_f1": 0.8, "test_images": 5})
+        views = {"none": {"accuracy": 0.91, "seconds": 2.0}, "flips": {"accuracy": 0.92, "seconds": 7.5}}
+        metrics = {"accuracy": 0.9, "macro_f1": 0.8, "test_images": 5, "train_seconds": 61.4,
+                   "validation": {"test_time_augmentation": views}}
+        return SimpleNamespace(path=out / "model", metrics=metrics)
 
     monkeypatch.setattr(recipe, "train_default_model", fake_recipe)
     runner = CliRunner()
@@ -83,7 +86,8 @@ def test_train_default_command_passes_its_options(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     seed, splits_seed = recipe.DEFAULT_RECIPE.seed, recipe.DEFAULT_RECIPE.splits_seed
     assert calls[-1] == (Path("d"), tmp_path, None, None, seed, splits_seed, ("image", "label"))
-    assert "test accuracy 0.9000" in result.stdout
+    assert "test accuracy 0.9000" in result.stdout and "trained in 61 s" in result.stdout
+    assert "none 0.9100 (2.0 s), flips 0.9200 (7.5 s)" in result.stdout
     assert f"epoch 13/{recipe.DEFAULT_RECIPE.total_epochs()} loss 1.0000" in result.output
     args = ["train-default", "--data", "d", "--fields", "f", "--field-labels", "l.csv", "--label-column",
             "kaggle_wbc_category", "--out", str(tmp_path), "--seed", "7"]

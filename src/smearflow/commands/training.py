@@ -238,9 +238,15 @@ def _with_epoch_progress(label: str, total: int, run):
 
 def _print_saved(folder) -> None:
     metrics = folder.metrics
-    stdout_console().print(
+    console = stdout_console()
+    console.print(
         f"saved {folder.path}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-        f"on {metrics['test_images']} held-out images"
+        f"on {metrics['test_images']} held-out images; trained in {metrics['train_seconds']:.0f} s"
+    )
+    views = metrics["validation"]["test_time_augmentation"]
+    console.print(
+        "validation accuracy by test-time views: "
+        + ", ".join(f"{name} {figures['accuracy']:.4f} ({figures['seconds']:.1f} s)" for name, figures in views.items())
     )
 
 
